@@ -1,0 +1,105 @@
+//! Test harness for integration tests against the real PostgreSQL and Apache Kafka.
+//!
+//! Every integration test in the workspace gets its services from here:
+//!
+//! - [`TestDatabase`]: a fresh PostgreSQL database of its own on the server named by `DATABASE_URL`,
+//!   dropped when the value is dropped;
+//! - [`TestTopic`]: a uniquely named Kafka topic on the brokers named by `KAFKA_BOOTSTRAP_SERVERS`,
+//!   created through the admin API and deleted when dropped;
+//! - [`consume`]: reads a topic back with keys, headers and order;
+//! - [`KafkaNode`] and [`PostgresNode`]: private broker and server processes that a fault test may
+//!   stop, kill and restart without disturbing the tests that run beside it.
+//!
+//! `scripts/services.sh up` starts the shared services at the default addresses
+//! ([`DEFAULT_DATABASE_URL`], [`DEFAULT_KAFKA_BOOTSTRAP_SERVERS`]).
+//!
+//! ```no_run
+//! # async fn demo() {
+//! use outbox_test_harness::{TestDatabase, TestTopic, consume};
+//! use std::time::Duration;
+//!
+//! let db = TestDatabase::create().await;
+//! let conn = db.connect().await;
+//! let topic = TestTopic::create("orders", 3).await;
+//! // ... write through `conn`, publish to `topic.name()` ...
+//! let messages = consume(&topic.bootstrap(), topic.name(), 10, Duration::from_secs(30)).await;
+//! # }
+//! ```
+
+mod kafka;
+mod node;
+mod postgres;
+
+#[cfg(feature = "testcontainers")]
+mod containers;
+
+use std::path::PathBuf;
+
+pub use kafka::{Received, TestTopic, consume, consume_until_quiet, create_topic, wait_for_broker};
+pub use node::{KafkaNode, PostgresNode};
+pub use postgres::TestDatabase;
+
+/// The database URL used when `DATABASE_URL` is unset: the server `scripts/services.sh` starts.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://outbox:outbox@127.0.0.1:5432/outbox";
+
+/// The Kafka address used when `KAFKA_BOOTSTRAP_SERVERS` is unset: the broker `scripts/services.sh`
+/// starts.
+pub const DEFAULT_KAFKA_BOOTSTRAP_SERVERS: &str = "127.0.0.1:9092";
+
+/// The PostgreSQL server tests create their databases on: `DATABASE_URL`, else (with the
+/// `testcontainers` feature and a reachable Docker daemon) a container, else
+/// [`DEFAULT_DATABASE_URL`].
+pub async fn database_url() -> String {
+    if let Ok(url) = std::env::var("DATABASE_URL") {
+        return url;
+    }
+    #[cfg(feature = "testcontainers")]
+    if let Some(services) = containers::services().await {
+        return services.database_url.clone();
+    }
+    DEFAULT_DATABASE_URL.to_owned()
+}
+
+/// The Kafka brokers tests use: `KAFKA_BOOTSTRAP_SERVERS`, else (with the `testcontainers` feature
+/// and a reachable Docker daemon) a container, else [`DEFAULT_KAFKA_BOOTSTRAP_SERVERS`].
+pub async fn kafka_bootstrap_servers() -> String {
+    if let Ok(servers) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
+        return servers;
+    }
+    #[cfg(feature = "testcontainers")]
+    if let Some(services) = containers::services().await {
+        return services.kafka_bootstrap_servers.clone();
+    }
+    DEFAULT_KAFKA_BOOTSTRAP_SERVERS.to_owned()
+}
+
+/// The repository's root folder (where `scripts/` lives): `OUTBOX_REPO_ROOT`, else two levels above
+/// this crate.
+pub fn repo_root() -> PathBuf {
+    if let Ok(root) = std::env::var("OUTBOX_REPO_ROOT") {
+        return PathBuf::from(root);
+    }
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A name no other test run uses: `prefix`, the seconds since the epoch (so leftovers of crashed
+/// runs can be recognised by age) and a random suffix. Lowercase ASCII, digits and `_`.
+pub fn unique_name(prefix: &str) -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let random = uuid::Uuid::new_v4().simple().to_string();
+    format!("{prefix}_{secs}_{}", &random[..12])
+}
+
+/// Installs a `tracing` subscriber that writes to the test's captured output, once per process.
+/// Honors `RUST_LOG` (default `warn`), so a failing test can be rerun with `RUST_LOG=debug`.
+pub fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}

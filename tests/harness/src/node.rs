@@ -1,0 +1,270 @@
+//! Private Kafka brokers and PostgreSQL servers for fault tests.
+//!
+//! A test that stops the broker or restarts the database must not take the shared services away
+//! from the tests running beside it, so it starts processes of its own: the same Apache Kafka jars
+//! that `scripts/services.sh` runs (through `scripts/kafka-node.sh`), and the same PostgreSQL
+//! binaries, on free ports in a temporary folder.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::repo_root;
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free local port")
+}
+
+fn run(what: &str, command: &mut Command) {
+    let output = command
+        .output()
+        .unwrap_or_else(|e| panic!("{what}: cannot run {command:?}: {e}"));
+    assert!(
+        output.status.success(),
+        "{what} failed ({}):\n{}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn run_async(what: &'static str, mut command: Command) {
+    tokio::task::spawn_blocking(move || run(what, &mut command))
+        .await
+        .expect("command task");
+}
+
+/// A single-node Apache Kafka broker of one test's own, on free ports.
+///
+/// Dropping it kills the process and deletes its data.
+#[derive(Debug)]
+pub struct KafkaNode {
+    dir: TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl KafkaNode {
+    /// Formats storage and starts the broker; returns once it answers a metadata request.
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("outbox-kafka-")
+            .tempdir()
+            .expect("temporary folder");
+        let node = Self {
+            dir,
+            port: free_port(),
+            controller_port: free_port(),
+        };
+        node.start_again().await;
+        node
+    }
+
+    /// The address to bootstrap from.
+    pub fn bootstrap(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn script(&self) -> Command {
+        let mut command = Command::new("bash");
+        command
+            .arg(repo_root().join("scripts/kafka-node.sh"))
+            .env("OUTBOX_KAFKA_HEAP", "384m");
+        command
+    }
+
+    /// Starts the broker again after [`stop`](Self::stop) or [`kill`](Self::kill), on the same
+    /// ports and data; returns once it answers.
+    pub async fn start_again(&self) {
+        let mut command = self.script();
+        command
+            .arg("start")
+            .arg(self.dir.path())
+            .arg(self.port.to_string())
+            .arg(self.controller_port.to_string());
+        run_async("starting a private Kafka broker", command).await;
+    }
+
+    /// Stops the broker gracefully (SIGTERM) and waits until the process is gone.
+    pub async fn stop(&self) {
+        let mut command = self.script();
+        command.arg("stop").arg(self.dir.path());
+        run_async("stopping a private Kafka broker", command).await;
+    }
+
+    /// Kills the broker (SIGKILL) and waits until the process is gone.
+    pub async fn kill(&self) {
+        let mut command = self.script();
+        command.arg("stop").arg(self.dir.path()).arg("--kill");
+        run_async("killing a private Kafka broker", command).await;
+    }
+}
+
+impl Drop for KafkaNode {
+    fn drop(&mut self) {
+        let _ = self
+            .script()
+            .arg("stop")
+            .arg(self.dir.path())
+            .arg("--kill")
+            .output();
+    }
+}
+
+/// A PostgreSQL server of one test's own (the machine's PostgreSQL binaries, a fresh cluster in a
+/// temporary folder, trust authentication on 127.0.0.1, a free port).
+///
+/// Dropping it stops the server and deletes its data.
+#[derive(Debug)]
+pub struct PostgresNode {
+    dir: TempDir,
+    bindir: PathBuf,
+    port: u16,
+}
+
+impl PostgresNode {
+    /// Initialises a cluster and starts it; returns once it accepts connections.
+    pub async fn start() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("outbox-pg-")
+            .tempdir()
+            .expect("temporary folder");
+        let node = Self {
+            bindir: pg_bindir(),
+            port: free_port(),
+            dir,
+        };
+        if is_root() {
+            run(
+                "chown",
+                Command::new("chown")
+                    .arg("postgres:postgres")
+                    .arg(node.dir.path()),
+            );
+        }
+        let mut initdb = node.pg("initdb");
+        initdb.arg("-D").arg(node.data()).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-sync",
+        ]);
+        run_async("initdb for a private PostgreSQL", initdb).await;
+        node.start_again().await;
+        node
+    }
+
+    /// The URL of the server's `postgres` database as the `postgres` superuser.
+    pub fn url(&self) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
+    }
+
+    fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// A command for one of the server binaries, run as the `postgres` user when we are root
+    /// (PostgreSQL refuses to run as root).
+    fn pg(&self, binary: &str) -> Command {
+        let path = self.bindir.join(binary);
+        if is_root() {
+            let mut command = Command::new("runuser");
+            command.args(["-u", "postgres", "--"]).arg(path);
+            command
+        } else {
+            Command::new(path)
+        }
+    }
+
+    /// Starts the server (again); returns once it accepts connections.
+    pub async fn start_again(&self) {
+        let mut command = self.pg("pg_ctl");
+        command
+            .arg("-D")
+            .arg(self.data())
+            .arg("-l")
+            .arg(self.dir.path().join("server.log"))
+            .arg("-o")
+            .arg(format!(
+                "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=50",
+                self.port,
+                self.dir.path().display()
+            ))
+            .args(["-w", "-t", "60", "start"]);
+        run_async("starting a private PostgreSQL", command).await;
+    }
+
+    /// Stops the server. `immediate` is a crash (no checkpoint, clients cut off at once); otherwise
+    /// a fast shutdown (clients disconnected, clean checkpoint).
+    pub async fn stop(&self, immediate: bool) {
+        let mut command = self.pg("pg_ctl");
+        command
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", if immediate { "immediate" } else { "fast" }])
+            .args(["-w", "-t", "60", "stop"]);
+        run_async("stopping a private PostgreSQL", command).await;
+    }
+
+    /// Stops the server with a crash, waits `down_for`, and starts it again.
+    pub async fn restart(&self, down_for: Duration) {
+        self.stop(true).await;
+        tokio::time::sleep(down_for).await;
+        self.start_again().await;
+    }
+}
+
+impl Drop for PostgresNode {
+    fn drop(&mut self) {
+        let _ = self
+            .pg("pg_ctl")
+            .arg("-D")
+            .arg(self.data())
+            .args(["-m", "immediate", "-w", "stop"])
+            .output();
+    }
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Where `initdb` and `pg_ctl` live: `OUTBOX_PG_BINDIR`, else Debian's
+/// `/usr/lib/postgresql/<newest>/bin`, else `pg_config --bindir`.
+fn pg_bindir() -> PathBuf {
+    if let Ok(dir) = std::env::var("OUTBOX_PG_BINDIR") {
+        return PathBuf::from(dir);
+    }
+    let debian = Path::new("/usr/lib/postgresql");
+    if let Ok(entries) = std::fs::read_dir(debian) {
+        let mut versions: Vec<(u32, PathBuf)> = entries
+            .filter_map(Result::ok)
+            .filter_map(|e| {
+                let version = e.file_name().to_str()?.parse::<u32>().ok()?;
+                let bin = e.path().join("bin");
+                bin.join("initdb").exists().then_some((version, bin))
+            })
+            .collect();
+        versions.sort();
+        if let Some((_, bin)) = versions.pop() {
+            return bin;
+        }
+    }
+    let output = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .expect("PostgreSQL server binaries (set OUTBOX_PG_BINDIR)");
+    PathBuf::from(String::from_utf8_lossy(&output.stdout).trim())
+}
