@@ -1,0 +1,87 @@
+//! Metric names and their descriptions.
+//!
+//! The relay records through the [`metrics`] facade; the service installs an exporter (for
+//! example `metrics-exporter-prometheus`). Labels stay low-cardinality: `topic`, `event_type` and
+//! `kind` only, never ids.
+
+/// Gauge: events waiting to be published (the real backlog, refreshed every `stats_interval`).
+pub const EVENTS_PENDING: &str = "outbox_events_pending";
+/// Gauge: age in seconds of the oldest pending event (0 when none).
+pub const OLDEST_PENDING_AGE_SECONDS: &str = "outbox_oldest_pending_event_age_seconds";
+/// Counter, label `topic`: events published and acknowledged.
+pub const EVENTS_RELAYED_TOTAL: &str = "outbox_events_relayed_total";
+/// Counter, label `kind` (`transient` or `permanent`): failed publish attempts and failed store
+/// operations (`transient`).
+pub const RELAY_ERRORS_TOTAL: &str = "outbox_relay_errors_total";
+/// Gauge: events parked as dead letters.
+pub const EVENTS_DEAD_LETTERED: &str = "outbox_events_dead_lettered";
+/// Counter, label `topic`: events dead-lettered by this relay.
+pub const EVENTS_DEAD_LETTERED_TOTAL: &str = "outbox_events_dead_lettered_total";
+/// Histogram: seconds from claiming a batch to writing its outcome back.
+pub const RELAY_BATCH_DURATION_SECONDS: &str = "outbox_relay_batch_duration_seconds";
+/// Histogram, label `topic`: seconds from an event's `created_at` to its Kafka acknowledgement.
+pub const PUBLISH_LAG_SECONDS: &str = "outbox_publish_lag_seconds";
+/// Counter, label `event_type`: events added by writers in this process (counted when the insert
+/// succeeds, before the caller's commit).
+pub const EVENTS_ADDED_TOTAL: &str = "outbox_events_added_total";
+/// Gauge: 1 while this process's relay is the active one, 0 while it is a standby or stopped.
+pub const RELAY_LEADER: &str = "outbox_relay_leader";
+/// Gauge: Unix time of the relay's last successful poll of the store (a stuck relay stops
+/// advancing it).
+pub const RELAY_LAST_POLL_TIMESTAMP_SECONDS: &str = "outbox_relay_last_poll_timestamp_seconds";
+
+/// Registers descriptions and units for every metric above with the installed recorder.
+pub fn describe() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_gauge!(
+        EVENTS_PENDING,
+        Unit::Count,
+        "Events waiting to be published."
+    );
+    describe_gauge!(
+        OLDEST_PENDING_AGE_SECONDS,
+        Unit::Seconds,
+        "Age of the oldest event waiting to be published."
+    );
+    describe_counter!(
+        EVENTS_RELAYED_TOTAL,
+        Unit::Count,
+        "Events published to Kafka and acknowledged in the outbox."
+    );
+    describe_counter!(
+        RELAY_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed publish attempts and store operations, by kind (transient, permanent)."
+    );
+    describe_gauge!(
+        EVENTS_DEAD_LETTERED,
+        Unit::Count,
+        "Events parked as dead letters."
+    );
+    describe_counter!(
+        EVENTS_DEAD_LETTERED_TOTAL,
+        Unit::Count,
+        "Events dead-lettered by this relay."
+    );
+    describe_histogram!(
+        RELAY_BATCH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to claim, publish and acknowledge one batch."
+    );
+    describe_histogram!(
+        PUBLISH_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from an event's creation to its Kafka acknowledgement."
+    );
+    describe_counter!(
+        EVENTS_ADDED_TOTAL,
+        Unit::Count,
+        "Events added to the outbox by writers."
+    );
+    describe_gauge!(RELAY_LEADER, "1 while this relay is the active one.");
+    describe_gauge!(
+        RELAY_LAST_POLL_TIMESTAMP_SECONDS,
+        Unit::Seconds,
+        "Unix time of the relay's last successful poll of the outbox."
+    );
+}

@@ -1,0 +1,399 @@
+//! In-memory doubles for unit tests of the worker and of code built on it (feature
+//! `test-utils`).
+//!
+//! They follow the contracts of [`RelayStore`], [`OutboxCleanup`] and [`EventPublisher`] closely
+//! enough to test relay logic, and let a test inject failures. They are never a stand-in for
+//! PostgreSQL or Kafka in integration tests.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::Notify;
+
+use crate::{
+    AttemptFailure, Delivery, EventId, EventPublisher, FailureOutcome, NewOutboxEvent,
+    OutboxCleanup, OutboxError, OutboxEvent, OutboxStats, PublishError, RelayStore,
+};
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// One row of the in-memory outbox.
+#[derive(Debug, Clone)]
+pub struct MemoryRow {
+    /// The event.
+    pub event: OutboxEvent,
+    /// When it may be retried.
+    pub next_attempt_at: Option<DateTime<Utc>>,
+    /// When it was dead-lettered.
+    pub dead_lettered_at: Option<DateTime<Utc>>,
+    /// When it was published (kept only with retention).
+    pub published_at: Option<DateTime<Utc>>,
+    /// The last error.
+    pub last_error: Option<String>,
+}
+
+impl MemoryRow {
+    fn pending(&self) -> bool {
+        self.published_at.is_none() && self.dead_lettered_at.is_none()
+    }
+}
+
+/// An in-memory outbox implementing the relay side, with switches for failures.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    rows: Mutex<BTreeMap<i64, MemoryRow>>,
+    next_id: Mutex<i64>,
+    retain: Option<Duration>,
+    /// While `true`, another relay holds the leadership.
+    pub leadership_taken: AtomicBool,
+    /// Store calls fail while this is `true` (a database outage).
+    pub unavailable: AtomicBool,
+    /// Number of store calls made (a database query count).
+    pub calls: AtomicUsize,
+    /// Number of `claim_batch` calls.
+    pub claims: AtomicUsize,
+}
+
+impl MemoryStore {
+    /// An empty store that deletes rows on acknowledgement.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// An empty store that keeps published rows for `retention`.
+    pub fn with_retention(retention: Duration) -> Arc<Self> {
+        Arc::new(Self {
+            retain: Some(retention),
+            ..Self::default()
+        })
+    }
+
+    /// Adds an event (its topic must be set) and returns its row id.
+    pub fn add(&self, event: NewOutboxEvent) -> i64 {
+        let mut next_id = lock(&self.next_id);
+        *next_id += 1;
+        let id = *next_id;
+        let key = event.key().to_owned();
+        let row = MemoryRow {
+            event: OutboxEvent {
+                id,
+                event_id: event.event_id,
+                aggregate_type: event.aggregate_type,
+                aggregate_id: event.aggregate_id,
+                event_type: event.event_type,
+                topic: event.topic.unwrap_or_else(|| "test-topic".to_owned()),
+                key,
+                payload: event.payload,
+                headers: event.headers.into_iter().collect(),
+                created_at: Utc::now(),
+                attempts: 0,
+                defect: None,
+            },
+            next_attempt_at: None,
+            dead_lettered_at: None,
+            published_at: None,
+            last_error: None,
+        };
+        lock(&self.rows).insert(id, row);
+        id
+    }
+
+    /// Marks row `id` as malformed, as a hand-edited row would be.
+    pub fn corrupt(&self, id: i64, defect: &str) {
+        if let Some(row) = lock(&self.rows).get_mut(&id) {
+            row.event.defect = Some(defect.to_owned());
+        }
+    }
+
+    /// A copy of every row, in id order.
+    pub fn rows(&self) -> Vec<MemoryRow> {
+        lock(&self.rows).values().cloned().collect()
+    }
+
+    /// A copy of row `id`.
+    pub fn row(&self, id: i64) -> Option<MemoryRow> {
+        lock(&self.rows).get(&id).cloned()
+    }
+
+    /// Pending row count.
+    pub fn pending(&self) -> usize {
+        lock(&self.rows).values().filter(|r| r.pending()).count()
+    }
+
+    /// Makes a dead letter pending again.
+    pub fn replay(&self, id: i64) -> bool {
+        match lock(&self.rows).get_mut(&id) {
+            Some(row) if row.dead_lettered_at.is_some() => {
+                row.dead_lettered_at = None;
+                row.next_attempt_at = None;
+                row.event.attempts = 0;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn call(&self) -> Result<(), OutboxError> {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        if self.unavailable.load(Ordering::SeqCst) {
+            Err(OutboxError::database(std::io::Error::other(
+                "in-memory store is unavailable",
+            )))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[async_trait]
+impl RelayStore for MemoryStore {
+    async fn acquire_leadership(&self) -> Result<bool, OutboxError> {
+        self.call()?;
+        Ok(!self.leadership_taken.load(Ordering::SeqCst))
+    }
+
+    async fn release_leadership(&self) -> Result<(), OutboxError> {
+        self.call()
+    }
+
+    async fn claim_batch(&self, limit: usize) -> Result<Vec<OutboxEvent>, OutboxError> {
+        self.call()?;
+        self.claims.fetch_add(1, Ordering::SeqCst);
+        if self.leadership_taken.load(Ordering::SeqCst) {
+            return Err(OutboxError::LeadershipLost);
+        }
+        let now = Utc::now();
+        let rows = lock(&self.rows);
+        let mut blocked: std::collections::HashMap<(&str, &str), i64> = Default::default();
+        for row in rows.values().filter(|r| r.pending()) {
+            if row.next_attempt_at.is_some_and(|t| t > now) {
+                blocked
+                    .entry((row.event.topic.as_str(), row.event.key.as_str()))
+                    .or_insert(row.event.id);
+            }
+        }
+        Ok(rows
+            .values()
+            .filter(|r| r.pending() && r.next_attempt_at.is_none_or(|t| t <= now))
+            .filter(|r| {
+                blocked
+                    .get(&(r.event.topic.as_str(), r.event.key.as_str()))
+                    .is_none_or(|first| *first > r.event.id)
+            })
+            .take(limit)
+            .map(|r| r.event.clone())
+            .collect())
+    }
+
+    async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError> {
+        self.call()?;
+        if self.leadership_taken.load(Ordering::SeqCst) {
+            return Err(OutboxError::LeadershipLost);
+        }
+        let mut rows = lock(&self.rows);
+        let mut n = 0;
+        for id in ids {
+            if self.retain.is_some() {
+                if let Some(row) = rows.get_mut(id).filter(|r| r.published_at.is_none()) {
+                    row.published_at = Some(Utc::now());
+                    n += 1;
+                }
+            } else if rows.remove(id).is_some() {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn record_failures(&self, failures: &[AttemptFailure]) -> Result<(), OutboxError> {
+        self.call()?;
+        let mut rows = lock(&self.rows);
+        for failure in failures {
+            if let Some(row) = rows.get_mut(&failure.id) {
+                row.event.attempts += 1;
+                row.last_error = Some(failure.error.clone());
+                match failure.outcome {
+                    FailureOutcome::RetryAt(at) => row.next_attempt_at = Some(at),
+                    FailureOutcome::DeadLetter => row.dead_lettered_at = Some(Utc::now()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn stats(&self) -> Result<OutboxStats, OutboxError> {
+        self.call()?;
+        let rows = lock(&self.rows);
+        let now = Utc::now();
+        Ok(OutboxStats {
+            pending: rows.values().filter(|r| r.pending()).count() as u64,
+            oldest_pending_age: rows
+                .values()
+                .filter(|r| r.pending())
+                .map(|r| (now - r.event.created_at).to_std().unwrap_or_default())
+                .max(),
+            dead_lettered: rows
+                .values()
+                .filter(|r| r.dead_lettered_at.is_some())
+                .count() as u64,
+        })
+    }
+}
+
+#[async_trait]
+impl OutboxCleanup for MemoryStore {
+    async fn delete_expired(&self, limit: u64) -> Result<u64, OutboxError> {
+        self.call()?;
+        let Some(retention) = self.retain else {
+            return Ok(0);
+        };
+        let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+        let mut rows = lock(&self.rows);
+        let expired: Vec<i64> = rows
+            .values()
+            .filter(|r| r.published_at.is_some_and(|t| t < cutoff))
+            .map(|r| r.event.id)
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect();
+        for id in &expired {
+            rows.remove(id);
+        }
+        Ok(expired.len() as u64)
+    }
+}
+
+/// How the [`MemoryPublisher`] answers.
+#[derive(Debug, Clone, Default)]
+enum Behaviour {
+    #[default]
+    Deliver,
+    /// Every send fails with a transient error (broker down).
+    Down,
+    /// Sends wait until [`MemoryPublisher::release`] or an abort.
+    Hang,
+}
+
+/// A publisher that records what it delivers, with switches for failures.
+#[derive(Debug, Default)]
+pub struct MemoryPublisher {
+    delivered: Mutex<Vec<OutboxEvent>>,
+    behaviour: Mutex<Behaviour>,
+    /// Events whose payload is larger than this fail `check` permanently.
+    pub max_payload: Mutex<Option<usize>>,
+    /// Event types that the broker rejects permanently after sending.
+    pub rejected_types: Mutex<Vec<String>>,
+    release: Notify,
+    aborted: AtomicBool,
+    /// Number of `publish` calls.
+    pub publishes: AtomicUsize,
+    /// Number of `flush` calls.
+    pub flushes: AtomicUsize,
+}
+
+impl MemoryPublisher {
+    /// A publisher that delivers everything.
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self::default())
+    }
+
+    /// Events delivered, in delivery order.
+    pub fn delivered(&self) -> Vec<OutboxEvent> {
+        lock(&self.delivered).clone()
+    }
+
+    /// Ids of events delivered, in delivery order.
+    pub fn delivered_ids(&self) -> Vec<EventId> {
+        lock(&self.delivered).iter().map(|e| e.event_id).collect()
+    }
+
+    /// Simulates the broker going down (`true`) or coming back.
+    pub fn set_down(&self, down: bool) {
+        *lock(&self.behaviour) = if down {
+            Behaviour::Down
+        } else {
+            Behaviour::Deliver
+        };
+    }
+
+    /// Makes sends wait until [`release`](Self::release) (a slow broker).
+    pub fn hang(&self) {
+        self.aborted.store(false, Ordering::SeqCst);
+        *lock(&self.behaviour) = Behaviour::Hang;
+    }
+
+    /// Lets hanging sends complete, and later ones deliver at once.
+    pub fn release(&self) {
+        *lock(&self.behaviour) = Behaviour::Deliver;
+        self.release.notify_waiters();
+    }
+}
+
+#[async_trait]
+impl EventPublisher for MemoryPublisher {
+    fn check(&self, event: &OutboxEvent) -> Result<(), PublishError> {
+        match *lock(&self.max_payload) {
+            Some(max) if event.payload.len() > max => Err(PublishError::permanent(format!(
+                "message of {} bytes is larger than {max}",
+                event.payload.len()
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    async fn publish(&self, events: &[OutboxEvent]) -> Vec<Result<Delivery, PublishError>> {
+        self.publishes.fetch_add(1, Ordering::SeqCst);
+        let behaviour = lock(&self.behaviour).clone();
+        match behaviour {
+            Behaviour::Down => {
+                return events
+                    .iter()
+                    .map(|_| Err(PublishError::transient("broker transport failure")))
+                    .collect();
+            }
+            Behaviour::Hang => {
+                let released = self.release.notified();
+                if !matches!(*lock(&self.behaviour), Behaviour::Deliver) {
+                    released.await;
+                }
+                if self.aborted.swap(false, Ordering::SeqCst) {
+                    return events
+                        .iter()
+                        .map(|_| Err(PublishError::transient("purged")))
+                        .collect();
+                }
+            }
+            Behaviour::Deliver => {}
+        }
+        let rejected = lock(&self.rejected_types).clone();
+        let mut delivered = lock(&self.delivered);
+        events
+            .iter()
+            .map(|event| {
+                if rejected.contains(&event.event_type) {
+                    return Err(PublishError::permanent("topic authorization failed"));
+                }
+                delivered.push(event.clone());
+                Ok(Delivery {
+                    partition: 0,
+                    offset: delivered.len() as i64 - 1,
+                })
+            })
+            .collect()
+    }
+
+    async fn flush(&self, _timeout: Duration) -> Result<(), PublishError> {
+        self.flushes.fetch_add(1, Ordering::SeqCst);
+        Ok(())
+    }
+
+    fn abort_in_flight(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        self.release.notify_waiters();
+    }
+}

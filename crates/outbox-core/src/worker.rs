@@ -1,0 +1,748 @@
+//! The relay worker: moves events from the store to the publisher.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::backoff::{Backoff, backoff_delay};
+use crate::metrics as m;
+use crate::{
+    AttemptFailure, ErrorClass, EventPublisher, FailureOutcome, OutboxCleanup, OutboxError,
+    OutboxEvent, OutboxStats, PublishError, RelaySettings, RelayStore,
+};
+
+/// Wakes the relay at once, so an event committed in this process is sent within milliseconds
+/// instead of at the next poll. Cheap to clone; waking costs no database work.
+#[derive(Debug, Clone, Default)]
+pub struct RelayNotifier(Arc<Notify>);
+
+impl RelayNotifier {
+    /// A notifier not yet connected to a worker (waking it does nothing useful until a worker
+    /// is built with [`EventRelayWorker::with_notifier`]).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Wakes the relay. Call it after the transaction that added events has committed; calling
+    /// it before the commit only makes the relay look too early.
+    pub fn notify(&self) {
+        self.0.notify_one();
+    }
+}
+
+/// What the relay is doing, for health checks.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RelayStatus {
+    /// The worker's task runs.
+    pub running: bool,
+    /// This relay holds the leadership and publishes.
+    pub leader: bool,
+    /// When the relay last read the store successfully.
+    pub last_poll_at: Option<DateTime<Utc>>,
+    /// Events this worker published and acknowledged since it started.
+    pub relayed: u64,
+    /// Events this worker dead-lettered since it started.
+    pub dead_lettered: u64,
+    /// The last error, cleared by the next successful batch.
+    pub last_error: Option<String>,
+    /// The outbox's state at the last stats refresh.
+    pub stats: Option<OutboxStats>,
+}
+
+/// Controls a relay: the interface the dependency-injection module provides.
+#[async_trait]
+pub trait OutboxRelay: Send + Sync {
+    /// Starts relaying in the background (needs a Tokio runtime).
+    fn start(&self) -> Result<(), OutboxError>;
+    /// Stops claiming, finishes the batch in flight (sent, acknowledged by Kafka and in the
+    /// store), flushes the publisher, gives up the leadership and returns.
+    async fn stop(&self) -> Result<(), OutboxError>;
+    /// The handle writers use to wake the relay after their commit.
+    fn notifier(&self) -> RelayNotifier;
+    /// What the relay is doing.
+    fn status(&self) -> RelayStatus;
+}
+
+/// Relays events from a [`RelayStore`] to an [`EventPublisher`].
+///
+/// One loop, one batch at a time, so at most one batch is ever unacknowledged:
+///
+/// 1. make sure this relay is the leader (standbys retry every `leader_retry_interval`);
+/// 2. claim up to `batch_size` pending events in `id` order;
+/// 3. check each with [`EventPublisher::check`], send the rest in one bulk
+///    [`publish`](EventPublisher::publish) and await the acknowledgements together; once an event
+///    fails, later events with the same topic and key wait for the next batch;
+/// 4. acknowledge the published events in one statement and record permanent failures (retry
+///    time with backoff, or dead letter after `max_attempts`);
+/// 5. after a transient failure (broker or database unavailable), wait with capped exponential
+///    backoff and jitter, without touching the failed rows; otherwise poll again at once while
+///    batches come back full, or wait for a wake-up, backing off to `poll_interval` when idle.
+///
+/// A second task refreshes the backlog gauges every `stats_interval` and, under retention,
+/// deletes expired published rows in bounded batches.
+pub struct EventRelayWorker {
+    shared: Arc<Shared>,
+    tasks: Mutex<Option<Tasks>>,
+}
+
+impl std::fmt::Debug for EventRelayWorker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventRelayWorker")
+            .field("settings", &self.shared.settings)
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+struct Tasks {
+    stop: watch::Sender<bool>,
+    relay: JoinHandle<Result<(), OutboxError>>,
+    housekeeping: JoinHandle<()>,
+}
+
+struct Shared {
+    store: Arc<dyn RelayStore>,
+    publisher: Arc<dyn EventPublisher>,
+    cleanup: Option<Arc<dyn OutboxCleanup>>,
+    settings: RelaySettings,
+    wake: RelayNotifier,
+    status: Mutex<RelayStatus>,
+    /// Events handed to the publisher whose rows are not acknowledged yet.
+    unacknowledged: AtomicUsize,
+}
+
+impl Shared {
+    fn status(&self) -> MutexGuard<'_, RelayStatus> {
+        // The status is plain data: a panic while it was held cannot leave it inconsistent.
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn set_leader(&self, leader: bool) {
+        let mut status = self.status();
+        if status.leader != leader {
+            status.leader = leader;
+            if leader {
+                info!("outbox relay is now the active relay");
+            } else {
+                info!("outbox relay is a standby: another relay holds the leadership");
+            }
+        }
+        metrics::gauge!(m::RELAY_LEADER).set(if leader { 1.0 } else { 0.0 });
+    }
+
+    fn record_error(&self, class: ErrorClass, error: &dyn std::fmt::Display) {
+        metrics::counter!(m::RELAY_ERRORS_TOTAL, "kind" => class.as_str()).increment(1);
+        self.status().last_error = Some(error.to_string());
+    }
+}
+
+impl EventRelayWorker {
+    /// A worker over `store` and `publisher`. Fails when the settings are invalid.
+    pub fn new(
+        store: Arc<dyn RelayStore>,
+        publisher: Arc<dyn EventPublisher>,
+        settings: RelaySettings,
+    ) -> Result<Self, OutboxError> {
+        settings.validate()?;
+        Ok(Self {
+            shared: Arc::new(Shared {
+                store,
+                publisher,
+                cleanup: None,
+                settings,
+                wake: RelayNotifier::new(),
+                status: Mutex::new(RelayStatus::default()),
+                unacknowledged: AtomicUsize::new(0),
+            }),
+            tasks: Mutex::new(None),
+        })
+    }
+
+    /// Deletes expired published rows through `cleanup` when `retention` is set.
+    pub fn with_cleanup(mut self, cleanup: Arc<dyn OutboxCleanup>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.cleanup = Some(cleanup);
+        }
+        self
+    }
+
+    /// Uses `notifier` as the wake-up handle (for a notifier handed to writers before the
+    /// worker was built).
+    pub fn with_notifier(mut self, notifier: RelayNotifier) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.wake = notifier;
+        }
+        self
+    }
+
+    /// The settings the worker runs with.
+    pub fn settings(&self) -> &RelaySettings {
+        &self.shared.settings
+    }
+
+    /// The handle writers call after their commit.
+    pub fn notifier(&self) -> RelayNotifier {
+        self.shared.wake.clone()
+    }
+
+    /// What the relay is doing.
+    pub fn status(&self) -> RelayStatus {
+        self.shared.status().clone()
+    }
+
+    fn tasks(&self) -> MutexGuard<'_, Option<Tasks>> {
+        self.tasks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Starts the relay and housekeeping tasks on the current Tokio runtime.
+    pub fn start(&self) -> Result<(), OutboxError> {
+        let mut tasks = self.tasks();
+        if tasks.is_some() {
+            return Err(OutboxError::AlreadyRunning);
+        }
+        m::describe();
+        let (stop, stop_rx) = watch::channel(false);
+        {
+            let mut status = self.shared.status();
+            *status = RelayStatus {
+                running: true,
+                ..RelayStatus::default()
+            };
+        }
+        let relay = tokio::spawn(run(self.shared.clone(), stop_rx.clone()));
+        let housekeeping = tokio::spawn(housekeeping(self.shared.clone(), stop_rx));
+        info!(
+            batch_size = self.shared.settings.batch_size,
+            poll_interval_ms = self.shared.settings.poll_interval.as_millis() as u64,
+            max_attempts = self.shared.settings.max_attempts,
+            "outbox relay started"
+        );
+        *tasks = Some(Tasks {
+            stop,
+            relay,
+            housekeeping,
+        });
+        Ok(())
+    }
+
+    /// Stops the relay gracefully: no new batch is claimed; the batch in flight is finished
+    /// (Kafka acknowledgements awaited, rows acknowledged in the store); the publisher is
+    /// flushed; the leadership is released. Returns once all of that is done.
+    ///
+    /// If that takes longer than `shutdown_timeout` (Kafka unreachable), the sends still waiting
+    /// are aborted and their events stay in the outbox for the next relay:
+    /// [`OutboxError::ShutdownTimedOut`] says how many. Stopping a worker that is not running
+    /// does nothing.
+    pub async fn stop(&self) -> Result<(), OutboxError> {
+        let Some(tasks) = self.tasks().take() else {
+            return Ok(());
+        };
+        let _ = tasks.stop.send(true);
+        self.shared.wake.notify();
+        let timeout = self.shared.settings.shutdown_timeout;
+        let mut relay = tasks.relay;
+        let result = match tokio::time::timeout(timeout, &mut relay).await {
+            Ok(joined) => joined.unwrap_or_else(|e| Err(OutboxError::WorkerFailed(e.to_string()))),
+            Err(_) => {
+                let unacknowledged = self.shared.unacknowledged.load(Ordering::SeqCst);
+                warn!(
+                    unacknowledged,
+                    timeout_ms = timeout.as_millis() as u64,
+                    "outbox relay shutdown timed out; aborting sends still in flight"
+                );
+                self.shared.publisher.abort_in_flight();
+                if tokio::time::timeout(Duration::from_secs(10), &mut relay)
+                    .await
+                    .is_err()
+                {
+                    relay.abort();
+                }
+                Err(OutboxError::ShutdownTimedOut {
+                    timeout,
+                    unacknowledged,
+                })
+            }
+        };
+        let _ = tasks.housekeeping.await;
+        self.shared.status().running = false;
+        self.shared.set_leader(false);
+        info!(ok = result.is_ok(), "outbox relay stopped");
+        result
+    }
+
+    /// Kills the relay without any of `stop()`'s care: nothing in flight is acknowledged and the
+    /// leadership is not released (it lapses when the store's session closes). This is what a
+    /// crash looks like; tests use it to prove nothing is lost.
+    pub fn abort(&self) {
+        if let Some(tasks) = self.tasks().take() {
+            tasks.relay.abort();
+            tasks.housekeeping.abort();
+            self.shared.status().running = false;
+            warn!("outbox relay aborted");
+        }
+    }
+}
+
+impl Drop for EventRelayWorker {
+    fn drop(&mut self) {
+        if let Some(tasks) = self.tasks().take() {
+            let _ = tasks.stop.send(true);
+            self.shared.wake.notify();
+        }
+    }
+}
+
+#[async_trait]
+impl OutboxRelay for EventRelayWorker {
+    fn start(&self) -> Result<(), OutboxError> {
+        EventRelayWorker::start(self)
+    }
+
+    async fn stop(&self) -> Result<(), OutboxError> {
+        EventRelayWorker::stop(self).await
+    }
+
+    fn notifier(&self) -> RelayNotifier {
+        EventRelayWorker::notifier(self)
+    }
+
+    fn status(&self) -> RelayStatus {
+        EventRelayWorker::status(self)
+    }
+}
+
+/// What one batch did, to be written back to the store.
+#[derive(Debug, Default)]
+struct Outcome {
+    published: Vec<i64>,
+    failures: Vec<AttemptFailure>,
+    /// Events that failed transiently or waited behind a failed event of their key: left as they
+    /// are, so the next claim retries them.
+    left_pending: usize,
+    transient_error: Option<PublishError>,
+}
+
+impl Outcome {
+    fn is_empty(&self) -> bool {
+        self.published.is_empty() && self.failures.is_empty()
+    }
+}
+
+/// Waits `duration`, or less if a stop is requested. Returns `true` when stopping.
+async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
+    if *stop.borrow() {
+        return true;
+    }
+    tokio::select! {
+        _ = tokio::time::sleep(duration) => *stop.borrow(),
+        _ = stop.changed() => true,
+    }
+}
+
+async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(), OutboxError> {
+    let settings = &shared.settings;
+    let mut transient = Backoff::new(
+        settings.transient_backoff_base,
+        settings.transient_backoff_max,
+    );
+    let mut idle = settings.min_poll_interval;
+    // Results of a batch that could not be written back yet: written before any new claim, or
+    // the same events would be sent again.
+    let mut unwritten: Option<Outcome> = None;
+
+    while !*stop.borrow() {
+        match shared.store.acquire_leadership().await {
+            Ok(true) => shared.set_leader(true),
+            Ok(false) => {
+                shared.set_leader(false);
+                if let Some(lost) = unwritten.take() {
+                    warn!(
+                        published = lost.published.len(),
+                        "outbox relay lost the leadership before acknowledging a batch; the new \
+                         leader will send those events again (duplicates carry the same event_id)"
+                    );
+                    shared.unacknowledged.store(0, Ordering::SeqCst);
+                }
+                sleep_or_stop(settings.leader_retry_interval, &mut stop).await;
+                continue;
+            }
+            Err(e) => {
+                shared.set_leader(false);
+                let delay = transient.next();
+                shared.record_error(ErrorClass::Transient, &e);
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot reach the store");
+                sleep_or_stop(delay, &mut stop).await;
+                continue;
+            }
+        }
+
+        if let Some(outcome) = unwritten.take()
+            && let Err(e) = write_back(&shared, &outcome).await
+        {
+            let delay = transient.next();
+            shared.record_error(ErrorClass::Transient, &e);
+            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot acknowledge a batch; retrying");
+            unwritten = Some(outcome);
+            sleep_or_stop(delay, &mut stop).await;
+            continue;
+        }
+
+        let batch = match shared.store.claim_batch(settings.batch_size).await {
+            Ok(batch) => batch,
+            Err(e) => {
+                let delay = transient.next();
+                shared.record_error(ErrorClass::Transient, &e);
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot claim a batch");
+                sleep_or_stop(delay, &mut stop).await;
+                continue;
+            }
+        };
+        let now = Utc::now();
+        shared.status().last_poll_at = Some(now);
+        metrics::gauge!(m::RELAY_LAST_POLL_TIMESTAMP_SECONDS)
+            .set(now.timestamp_millis() as f64 / 1000.0);
+
+        if batch.is_empty() {
+            if transient.failures() > 0 {
+                transient.reset();
+            }
+            wait_for_work(&shared, idle, &mut stop).await;
+            idle = (idle * 2).min(settings.poll_interval);
+            continue;
+        }
+
+        let started = Instant::now();
+        let full = batch.len() >= settings.batch_size;
+        let outcome = publish_batch(&shared, &batch).await;
+        let transient_error = outcome.transient_error.clone();
+        match write_back(&shared, &outcome).await {
+            Ok(()) => {}
+            Err(e) => {
+                shared.record_error(ErrorClass::Transient, &e);
+                warn!(error = %e, "outbox relay cannot acknowledge a batch; will retry before claiming again");
+                unwritten = Some(outcome);
+            }
+        }
+        metrics::histogram!(m::RELAY_BATCH_DURATION_SECONDS)
+            .record(started.elapsed().as_secs_f64());
+
+        if let Some(error) = transient_error {
+            let delay = transient.next();
+            warn!(
+                error = %error,
+                consecutive_failures = transient.failures(),
+                retry_in_ms = delay.as_millis() as u64,
+                "outbox relay backing off after a transient publish failure"
+            );
+            sleep_or_stop(delay, &mut stop).await;
+        } else if unwritten.is_some() {
+            sleep_or_stop(transient.next(), &mut stop).await;
+        } else {
+            transient.reset();
+            if full {
+                idle = settings.min_poll_interval;
+            } else {
+                // The backlog is drained: wait briefly for more, or for a wake-up.
+                idle = settings.min_poll_interval;
+                wait_for_work(&shared, idle, &mut stop).await;
+            }
+        }
+    }
+
+    shutdown(&shared, unwritten).await
+}
+
+/// Waits for a wake-up, a stop, or `idle` to pass.
+async fn wait_for_work(shared: &Shared, idle: Duration, stop: &mut watch::Receiver<bool>) {
+    if *stop.borrow() {
+        return;
+    }
+    tokio::select! {
+        _ = shared.wake.0.notified() => {}
+        _ = tokio::time::sleep(idle) => {}
+        _ = stop.changed() => {}
+    }
+}
+
+async fn shutdown(shared: &Shared, unwritten: Option<Outcome>) -> Result<(), OutboxError> {
+    let mut result = Ok(());
+    if let Some(outcome) = unwritten {
+        let mut written = false;
+        for attempt in 1..=3u32 {
+            match write_back(shared, &outcome).await {
+                Ok(()) => {
+                    written = true;
+                    break;
+                }
+                Err(e) => {
+                    warn!(error = %e, attempt, "outbox relay cannot acknowledge its last batch");
+                    tokio::time::sleep(backoff_delay(
+                        Duration::from_millis(100),
+                        Duration::from_secs(1),
+                        attempt,
+                    ))
+                    .await;
+                }
+            }
+        }
+        if !written {
+            result = Err(OutboxError::ShutdownTimedOut {
+                timeout: shared.settings.shutdown_timeout,
+                unacknowledged: outcome.published.len(),
+            });
+        }
+    }
+    if let Err(e) = shared
+        .publisher
+        .flush(shared.settings.shutdown_timeout)
+        .await
+    {
+        warn!(error = %e, "outbox publisher did not flush");
+        result = result.and(Err(OutboxError::Publish(e)));
+    }
+    if let Err(e) = shared.store.release_leadership().await {
+        warn!(error = %e, "outbox relay could not release the leadership; it lapses with the session");
+    }
+    shared.unacknowledged.store(0, Ordering::SeqCst);
+    result
+}
+
+/// Checks and sends one batch and sorts out what happened to each event.
+async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Outcome {
+    let mut outcome = Outcome::default();
+    // Keys with a failed event in this batch: their later events wait for a later batch, so
+    // per-key order holds.
+    let mut held: HashSet<(&str, &str)> = HashSet::new();
+    let mut to_send: Vec<OutboxEvent> = Vec::with_capacity(batch.len());
+
+    for event in batch {
+        let key = (event.topic.as_str(), event.key.as_str());
+        if held.contains(&key) {
+            outcome.left_pending += 1;
+            continue;
+        }
+        let checked = match &event.defect {
+            Some(defect) => Err(PublishError::permanent(defect.clone())),
+            None => shared.publisher.check(event),
+        };
+        match checked {
+            Ok(()) => to_send.push(event.clone()),
+            Err(error) => {
+                held.insert(key);
+                fail(shared, event, error, &mut outcome);
+            }
+        }
+    }
+
+    if to_send.is_empty() {
+        return outcome;
+    }
+    shared.unacknowledged.store(to_send.len(), Ordering::SeqCst);
+    let results = shared.publisher.publish(&to_send).await;
+    let acked_at = Utc::now();
+
+    let mut per_topic: HashMap<&str, u64> = HashMap::new();
+    let mut sent_held: HashSet<(&str, &str)> = HashSet::new();
+    for (event, result) in to_send
+        .iter()
+        .zip(results.into_iter().chain(std::iter::repeat_with(|| {
+            Err(PublishError::transient(
+                "the publisher returned no result for this event",
+            ))
+        })))
+    {
+        let key = (event.topic.as_str(), event.key.as_str());
+        match result {
+            Ok(_) => {
+                if sent_held.contains(&key) {
+                    // An earlier event of this key failed after both were handed to the
+                    // producer: Kafka has this one first. Rare (broker-side rejection); logged
+                    // so it can be seen.
+                    warn!(
+                        event_id = %event.event_id,
+                        id = event.id,
+                        topic = %event.topic,
+                        "outbox event published after an earlier event of its key failed"
+                    );
+                }
+                outcome.published.push(event.id);
+                *per_topic.entry(event.topic.as_str()).or_default() += 1;
+                let lag = (acked_at - event.created_at).to_std().unwrap_or_default();
+                metrics::histogram!(m::PUBLISH_LAG_SECONDS, "topic" => event.topic.clone())
+                    .record(lag.as_secs_f64());
+            }
+            Err(error) if error.is_transient() => {
+                sent_held.insert(key);
+                shared.record_error(ErrorClass::Transient, &error);
+                outcome.left_pending += 1;
+                outcome.transient_error.get_or_insert(error);
+            }
+            Err(error) => {
+                sent_held.insert(key);
+                fail(shared, event, error, &mut outcome);
+            }
+        }
+    }
+    for (topic, count) in per_topic {
+        metrics::counter!(m::EVENTS_RELAYED_TOTAL, "topic" => topic.to_owned()).increment(count);
+    }
+    debug!(
+        claimed = batch.len(),
+        published = outcome.published.len(),
+        failed = outcome.failures.len(),
+        left_pending = outcome.left_pending,
+        first_id = batch.first().map(|e| e.id),
+        last_id = batch.last().map(|e| e.id),
+        "outbox relay batch"
+    );
+    outcome
+}
+
+/// Records a permanent failure of `event`: a retry later, or a dead letter.
+fn fail(shared: &Shared, event: &OutboxEvent, error: PublishError, outcome: &mut Outcome) {
+    let settings = &shared.settings;
+    shared.record_error(ErrorClass::Permanent, &error);
+    let attempts = u32::try_from(event.attempts.max(0))
+        .unwrap_or(0)
+        .saturating_add(1);
+    let failure = if attempts >= settings.max_attempts {
+        error!(
+            event_id = %event.event_id,
+            id = event.id,
+            topic = %event.topic,
+            event_type = %event.event_type,
+            attempts,
+            error = %error.message,
+            "outbox event dead-lettered"
+        );
+        AttemptFailure {
+            id: event.id,
+            event_id: event.event_id,
+            topic: event.topic.clone(),
+            error: error.message,
+            outcome: FailureOutcome::DeadLetter,
+        }
+    } else {
+        let delay = backoff_delay(
+            settings.retry_backoff_base,
+            settings.retry_backoff_max,
+            attempts,
+        );
+        let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        warn!(
+            event_id = %event.event_id,
+            id = event.id,
+            topic = %event.topic,
+            event_type = %event.event_type,
+            attempts,
+            max_attempts = settings.max_attempts,
+            retry_at = %retry_at,
+            error = %error.message,
+            "outbox event failed; will retry"
+        );
+        AttemptFailure {
+            id: event.id,
+            event_id: event.event_id,
+            topic: event.topic.clone(),
+            error: error.message,
+            outcome: FailureOutcome::RetryAt(retry_at),
+        }
+    };
+    outcome.failures.push(failure);
+}
+
+/// Acknowledges published events and records failures.
+async fn write_back(shared: &Shared, outcome: &Outcome) -> Result<(), OutboxError> {
+    if outcome.is_empty() {
+        shared.unacknowledged.store(0, Ordering::SeqCst);
+        return Ok(());
+    }
+    if !outcome.published.is_empty() {
+        shared.store.acknowledge(&outcome.published).await?;
+        shared.unacknowledged.store(0, Ordering::SeqCst);
+        let mut status = shared.status();
+        status.relayed += outcome.published.len() as u64;
+        if outcome.failures.is_empty() && outcome.transient_error.is_none() {
+            status.last_error = None;
+        }
+    }
+    if !outcome.failures.is_empty() {
+        shared.store.record_failures(&outcome.failures).await?;
+        let dead: Vec<&AttemptFailure> = outcome
+            .failures
+            .iter()
+            .filter(|f| f.outcome == FailureOutcome::DeadLetter)
+            .collect();
+        for failure in &dead {
+            metrics::counter!(m::EVENTS_DEAD_LETTERED_TOTAL, "topic" => failure.topic.clone())
+                .increment(1);
+        }
+        shared.status().dead_lettered += dead.len() as u64;
+    }
+    shared.unacknowledged.store(0, Ordering::SeqCst);
+    Ok(())
+}
+
+/// Refreshes the backlog gauges and, under retention, deletes expired published rows.
+async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    let settings = &shared.settings;
+    let mut last_cleanup = Instant::now();
+    loop {
+        match shared.store.stats().await {
+            Ok(stats) => {
+                metrics::gauge!(m::EVENTS_PENDING).set(stats.pending as f64);
+                metrics::gauge!(m::OLDEST_PENDING_AGE_SECONDS)
+                    .set(stats.oldest_pending_age.unwrap_or_default().as_secs_f64());
+                metrics::gauge!(m::EVENTS_DEAD_LETTERED).set(stats.dead_lettered as f64);
+                shared.status().stats = Some(stats);
+            }
+            Err(e) => {
+                shared.record_error(ErrorClass::Transient, &e);
+                warn!(error = %e, "outbox stats could not be read");
+            }
+        }
+        if let (Some(cleanup), Some(retention)) = (&shared.cleanup, settings.retention)
+            && last_cleanup.elapsed() >= settings.cleanup_interval
+        {
+            last_cleanup = Instant::now();
+            let mut deleted = 0u64;
+            loop {
+                match cleanup.delete_expired(settings.cleanup_batch_size).await {
+                    Ok(n) => {
+                        deleted += n;
+                        if n < settings.cleanup_batch_size || *stop.borrow() {
+                            break;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                    Err(e) => {
+                        shared.record_error(ErrorClass::Transient, &e);
+                        warn!(error = %e, "outbox cleanup failed");
+                        break;
+                    }
+                }
+            }
+            if deleted > 0 {
+                info!(
+                    deleted,
+                    retention_s = retention.as_secs(),
+                    "outbox cleanup deleted expired published rows"
+                );
+            }
+        }
+        if sleep_or_stop(settings.stats_interval, &mut stop).await {
+            return;
+        }
+    }
+}

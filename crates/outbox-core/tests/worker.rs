@@ -1,0 +1,638 @@
+//! Unit tests of the relay worker's logic over the in-memory doubles.
+//!
+//! The same behaviours are proven against the real PostgreSQL and Kafka in the adapters' and the
+//! workspace's integration tests; these pin down the worker's decisions precisely.
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use outbox_core::testing::{MemoryPublisher, MemoryStore};
+use outbox_core::{EventRelayWorker, NewOutboxEvent, OutboxError, OutboxRelay, RelaySettings};
+
+fn fast() -> RelaySettings {
+    RelaySettings::default()
+        .with_batch_size(10)
+        .with_min_poll_interval(Duration::from_millis(5))
+        .with_poll_interval(Duration::from_millis(20))
+        .with_retry_backoff_base(Duration::from_millis(20))
+        .with_retry_backoff_max(Duration::from_millis(40))
+        .with_transient_backoff_base(Duration::from_millis(20))
+        .with_transient_backoff_max(Duration::from_millis(80))
+        .with_leader_retry_interval(Duration::from_millis(20))
+        .with_stats_interval(Duration::from_millis(20))
+        .with_cleanup_interval(Duration::from_millis(20))
+        .with_shutdown_timeout(Duration::from_secs(5))
+}
+
+fn event(key: &str, n: usize) -> NewOutboxEvent {
+    NewOutboxEvent::new(
+        "thing",
+        key,
+        "ThingHappened",
+        format!("{key}:{n}").into_bytes(),
+    )
+    .with_topic("things")
+}
+
+/// Waits (up to 10 s) until `done` holds.
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    for _ in 0..2000 {
+        if done() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    panic!("timed out waiting until {what}");
+}
+
+fn payloads(publisher: &MemoryPublisher) -> Vec<String> {
+    publisher
+        .delivered()
+        .iter()
+        .map(|e| String::from_utf8(e.payload.clone()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn relays_everything_in_id_order_across_batches_and_deletes_it() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let mut expected = Vec::new();
+    for n in 0..25 {
+        for key in ["a", "b", "c"] {
+            store.add(event(key, n));
+            expected.push(format!("{key}:{n}"));
+        }
+    }
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    worker.start().unwrap();
+    until("all delivered", || publisher.delivered().len() == 75).await;
+    worker.stop().await.unwrap();
+
+    assert_eq!(
+        payloads(&publisher),
+        expected,
+        "id order, batch after batch"
+    );
+    assert!(store.rows().is_empty(), "acknowledged rows are deleted");
+    assert!(
+        publisher.publishes.load(Ordering::SeqCst) >= 8,
+        "batches of at most 10"
+    );
+    assert_eq!(worker.status().relayed, 75);
+}
+
+#[tokio::test]
+async fn retention_keeps_published_rows_until_cleanup_deletes_them() {
+    let store = MemoryStore::with_retention(Duration::from_millis(150));
+    let publisher = MemoryPublisher::new();
+    for n in 0..5 {
+        store.add(event("a", n));
+    }
+    let settings = fast().with_retention(Some(Duration::from_millis(150)));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings)
+        .unwrap()
+        .with_cleanup(store.clone());
+    worker.start().unwrap();
+    until("delivered", || publisher.delivered().len() == 5).await;
+    assert_eq!(store.rows().len(), 5, "published rows are kept");
+    assert!(store.rows().iter().all(|r| r.published_at.is_some()));
+    assert_eq!(store.pending(), 0);
+    until("cleanup", || store.rows().is_empty()).await;
+    worker.stop().await.unwrap();
+    assert_eq!(
+        publisher.delivered().len(),
+        5,
+        "kept rows are not sent again"
+    );
+}
+
+#[tokio::test]
+async fn transient_failures_back_off_forever_without_counting_attempts() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    publisher.set_down(true);
+    for n in 0..6 {
+        store.add(event(if n % 2 == 0 { "a" } else { "b" }, n));
+    }
+    let settings = fast().with_max_attempts(2);
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let publishes = publisher.publishes.load(Ordering::SeqCst);
+    // Backoff capped at 80 ms: at most ~600/40 tries, not a spin.
+    assert!(publishes >= 3, "it keeps retrying ({publishes})");
+    assert!(
+        publishes <= 20,
+        "it backs off instead of spinning ({publishes})"
+    );
+    assert!(
+        store
+            .rows()
+            .iter()
+            .all(|r| r.event.attempts == 0 && r.dead_lettered_at.is_none()),
+        "a broker outage never counts toward dead-lettering"
+    );
+
+    publisher.set_down(false);
+    until("delivered after the outage", || {
+        publisher.delivered().len() == 6
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert_eq!(
+        payloads(&publisher),
+        ["a:0", "b:1", "a:2", "b:3", "a:4", "b:5"]
+    );
+}
+
+#[tokio::test]
+async fn an_event_that_can_never_be_sent_is_dead_lettered_while_other_keys_flow() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    *publisher.max_payload.lock().unwrap() = Some(100);
+    let huge = store.add(
+        NewOutboxEvent::new("thing", "a", "ThingHappened", vec![b'x'; 1000]).with_topic("things"),
+    );
+    store.add(event("a", 1));
+    store.add(event("b", 1));
+    let settings = fast().with_max_attempts(3);
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+
+    until("b delivered", || {
+        payloads(&publisher).contains(&"b:1".to_owned())
+    })
+    .await;
+    until("a:1 delivered after the dead letter", || {
+        payloads(&publisher).contains(&"a:1".to_owned())
+    })
+    .await;
+    worker.stop().await.unwrap();
+
+    let row = store
+        .row(huge)
+        .expect("the dead letter stays in the outbox");
+    assert!(row.dead_lettered_at.is_some());
+    assert_eq!(row.event.attempts, 3, "attempts counted up to max_attempts");
+    assert!(row.last_error.unwrap().contains("larger than 100"));
+    assert_eq!(
+        payloads(&publisher),
+        ["b:1", "a:1"],
+        "a:1 waited behind the failing event of its key; b did not"
+    );
+    assert_eq!(worker.status().dead_lettered, 1);
+}
+
+#[tokio::test]
+async fn a_replayed_dead_letter_is_delivered() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    publisher
+        .rejected_types
+        .lock()
+        .unwrap()
+        .push("Secret".into());
+    let id = store.add(NewOutboxEvent::new("s", "k", "Secret", b"1".to_vec()).with_topic("t"));
+    let worker = EventRelayWorker::new(
+        store.clone(),
+        publisher.clone(),
+        fast().with_max_attempts(2),
+    )
+    .unwrap();
+    worker.start().unwrap();
+    until("dead-lettered", || {
+        store.row(id).is_some_and(|r| r.dead_lettered_at.is_some())
+    })
+    .await;
+    assert_eq!(store.row(id).unwrap().event.attempts, 2);
+
+    publisher.rejected_types.lock().unwrap().clear();
+    assert!(store.replay(id));
+    until("replayed and delivered", || {
+        publisher.delivered().len() == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert!(store.rows().is_empty());
+}
+
+#[tokio::test]
+async fn a_malformed_row_is_dead_lettered_without_failing_the_batch() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let bad = store.add(event("a", 0));
+    store.corrupt(bad, "headers column is not a JSON object of strings");
+    store.add(event("b", 0));
+    let worker = EventRelayWorker::new(
+        store.clone(),
+        publisher.clone(),
+        fast().with_max_attempts(1),
+    )
+    .unwrap();
+    worker.start().unwrap();
+    until("b delivered", || publisher.delivered().len() == 1).await;
+    until("bad row parked", || {
+        store.row(bad).is_some_and(|r| r.dead_lettered_at.is_some())
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert!(
+        store
+            .row(bad)
+            .unwrap()
+            .last_error
+            .unwrap()
+            .contains("headers column")
+    );
+}
+
+#[tokio::test]
+async fn stop_returns_only_after_the_batch_in_flight_is_acknowledged() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    publisher.hang();
+    for n in 0..5 {
+        store.add(event("a", n));
+    }
+    let worker = Arc::new(EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap());
+    worker.start().unwrap();
+    until("a batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    let stopping = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.stop().await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        !stopping.is_finished(),
+        "stop() must wait for the acknowledgements"
+    );
+    publisher.release();
+    stopping.await.unwrap().unwrap();
+
+    assert_eq!(publisher.delivered().len(), 5);
+    assert!(
+        store.rows().is_empty(),
+        "acknowledged before stop() returned"
+    );
+    assert!(
+        publisher.flushes.load(Ordering::SeqCst) >= 1,
+        "the publisher was flushed"
+    );
+    assert_eq!(
+        publisher.publishes.load(Ordering::SeqCst),
+        1,
+        "no new claim after stop"
+    );
+    assert!(!worker.status().running);
+}
+
+#[tokio::test]
+async fn stop_gives_up_after_its_timeout_and_leaves_the_events_in_the_outbox() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    publisher.hang();
+    for n in 0..4 {
+        store.add(event("a", n));
+    }
+    let settings = fast().with_shutdown_timeout(Duration::from_millis(200));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+    until("a batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+
+    match worker.stop().await {
+        Err(OutboxError::ShutdownTimedOut { unacknowledged, .. }) => assert_eq!(unacknowledged, 4),
+        other => panic!("expected a shutdown timeout, got {other:?}"),
+    }
+    assert_eq!(
+        store.pending(),
+        4,
+        "nothing acknowledged that Kafka did not acknowledge"
+    );
+}
+
+#[tokio::test]
+async fn a_standby_publishes_nothing_until_the_leadership_is_free() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    store.leadership_taken.store(true, Ordering::SeqCst);
+    store.add(event("a", 0));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    worker.start().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(publisher.delivered().is_empty());
+    assert!(!worker.status().leader);
+    assert_eq!(
+        store.claims.load(Ordering::SeqCst),
+        0,
+        "a standby does not claim"
+    );
+
+    store.leadership_taken.store(false, Ordering::SeqCst);
+    until("taken over", || publisher.delivered().len() == 1).await;
+    assert!(worker.status().leader);
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_database_outage_is_survived_with_backoff() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    store.unavailable.store(true, Ordering::SeqCst);
+    store.add(event("a", 0));
+    let settings = fast().with_stats_interval(Duration::from_millis(200));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let calls = store.calls.load(Ordering::SeqCst);
+    assert!(
+        calls <= 25,
+        "store calls are bounded while it is down ({calls})"
+    );
+    assert!(worker.status().last_error.is_some());
+
+    store.unavailable.store(false, Ordering::SeqCst);
+    until("delivered after the outage", || {
+        publisher.delivered().len() == 1
+    })
+    .await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn the_notifier_wakes_an_idle_relay_at_once() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let settings = fast()
+        .with_min_poll_interval(Duration::from_secs(30))
+        .with_poll_interval(Duration::from_secs(30));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+    until("first (empty) poll", || {
+        store.claims.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+
+    store.add(event("a", 0));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        publisher.delivered().is_empty(),
+        "without a wake-up it waits for the poll"
+    );
+    worker.notifier().notify();
+    until("woken and delivered", || publisher.delivered().len() == 1).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_polling_backs_off_to_the_poll_interval() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let settings = fast()
+        .with_min_poll_interval(Duration::from_millis(5))
+        .with_poll_interval(Duration::from_millis(100));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    worker.stop().await.unwrap();
+    let claims = store.claims.load(Ordering::SeqCst);
+    // 5, 10, 20, 40, 80 ms then every 100 ms: about 14 polls in a second, never hundreds.
+    assert!(
+        (5..=25).contains(&claims),
+        "{claims} polls in one idle second"
+    );
+}
+
+#[tokio::test]
+async fn start_twice_is_refused_and_stop_twice_is_harmless() {
+    let worker = EventRelayWorker::new(MemoryStore::new(), MemoryPublisher::new(), fast()).unwrap();
+    worker.start().unwrap();
+    assert!(matches!(worker.start(), Err(OutboxError::AlreadyRunning)));
+    worker.stop().await.unwrap();
+    worker.stop().await.unwrap();
+    // Through the trait the DI module provides:
+    let relay: &dyn OutboxRelay = &worker;
+    relay.start().unwrap();
+    assert!(relay.status().running);
+    relay.stop().await.unwrap();
+}
+
+#[test]
+fn invalid_settings_are_refused_at_construction() {
+    let error = EventRelayWorker::new(
+        MemoryStore::new(),
+        MemoryPublisher::new(),
+        RelaySettings::default().with_batch_size(0),
+    )
+    .unwrap_err();
+    assert!(error.to_string().contains("batch_size"));
+}
+
+#[tokio::test]
+async fn an_aborted_relay_resends_at_most_its_batch_with_the_same_event_ids() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    for n in 0..30 {
+        store.add(event("a", n));
+    }
+    publisher.hang();
+    let first = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    first.start().unwrap();
+    until("a batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The broker acknowledges, but the relay dies before writing that back.
+    publisher.release();
+    first.abort();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let second = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    second.start().unwrap();
+    until("all delivered", || store.pending() == 0).await;
+    second.stop().await.unwrap();
+
+    let ids = publisher.delivered_ids();
+    let unique: std::collections::HashSet<_> = ids.iter().collect();
+    assert_eq!(unique.len(), 30, "nothing lost");
+    assert!(
+        ids.len() - 30 <= 10,
+        "duplicates bounded by one batch: {}",
+        ids.len() - 30
+    );
+}
+
+/// Reads a metric from the Prometheus text exposition: the sum over series whose labels include
+/// `label` (all series when `None`), or `None` when no such series exists.
+fn metric(handle: &PrometheusHandle, name: &str, label: Option<(&str, &str)>) -> Option<f64> {
+    let text = handle.render();
+    let mut found = None;
+    for line in text.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let (series_name, labels) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        if let Some((k, v)) = label
+            && !labels.split(',').any(|l| l == format!("{k}=\"{v}\""))
+        {
+            continue;
+        }
+        *found.get_or_insert(0.0) += value.parse::<f64>().unwrap();
+    }
+    found
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn metrics_report_the_backlog_relays_errors_and_dead_letters() {
+    use outbox_core::metrics as m;
+    let recorder = PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    *publisher.max_payload.lock().unwrap() = Some(100);
+    store.add(NewOutboxEvent::new("t", "x", "T", vec![0; 500]).with_topic("big"));
+    publisher.set_down(true);
+    for n in 0..3 {
+        store.add(event("a", n));
+    }
+    let worker = EventRelayWorker::new(
+        store.clone(),
+        publisher.clone(),
+        fast().with_max_attempts(1),
+    )
+    .unwrap();
+    worker.start().unwrap();
+    until("backlog measured", || {
+        metric(&handle, m::EVENTS_PENDING, None).is_some_and(|v| v > 0.0)
+    })
+    .await;
+    until("transient errors counted", || {
+        metric(&handle, m::RELAY_ERRORS_TOTAL, Some(("kind", "transient"))).is_some()
+    })
+    .await;
+    publisher.set_down(false);
+    until("relayed", || {
+        metric(&handle, m::EVENTS_RELAYED_TOTAL, Some(("topic", "things"))) == Some(3.0)
+    })
+    .await;
+    until("pending gauge back to zero", || {
+        metric(&handle, m::EVENTS_PENDING, None) == Some(0.0)
+    })
+    .await;
+    worker.stop().await.unwrap();
+
+    assert_eq!(
+        metric(&handle, m::RELAY_ERRORS_TOTAL, Some(("kind", "permanent"))),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &handle,
+            m::EVENTS_DEAD_LETTERED_TOTAL,
+            Some(("topic", "big"))
+        ),
+        Some(1.0)
+    );
+    assert_eq!(metric(&handle, m::EVENTS_DEAD_LETTERED, None), Some(1.0));
+    assert_eq!(
+        metric(&handle, m::RELAY_LEADER, None),
+        Some(0.0),
+        "0 once stopped"
+    );
+    assert!(metric(&handle, m::RELAY_LAST_POLL_TIMESTAMP_SECONDS, None).unwrap() > 1.7e9);
+    assert!(metric(&handle, m::OLDEST_PENDING_AGE_SECONDS, None).is_some());
+    for histogram in [m::PUBLISH_LAG_SECONDS, m::RELAY_BATCH_DURATION_SECONDS] {
+        assert!(
+            metric(&handle, &format!("{histogram}_count"), None).unwrap_or_default() >= 1.0,
+            "{histogram} was never recorded"
+        );
+    }
+}
+
+/// Collects formatted log lines.
+#[derive(Clone, Default)]
+struct Lines(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Lines {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn failures_retries_and_dead_letters_are_structured_log_lines() {
+    let lines = Lines::default();
+    let writer = lines.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    publisher.rejected_types.lock().unwrap().push("Bad".into());
+    let id = store.add(NewOutboxEvent::new("t", "k", "Bad", b"x".to_vec()).with_topic("t"));
+    let event_id = store.row(id).unwrap().event.event_id;
+    store.add(event("a", 0));
+    let worker = EventRelayWorker::new(
+        store.clone(),
+        publisher.clone(),
+        fast().with_max_attempts(2),
+    )
+    .unwrap();
+    worker.start().unwrap();
+    until("dead-lettered", || {
+        store.row(id).is_some_and(|r| r.dead_lettered_at.is_some())
+    })
+    .await;
+    worker.stop().await.unwrap();
+
+    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let records: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let find = |message: &str| {
+        records
+            .iter()
+            .find(|r| r["fields"]["message"] == message)
+            .unwrap_or_else(|| panic!("no `{message}` line in:\n{text}"))
+            .clone()
+    };
+    let retry = find("outbox event failed; will retry");
+    assert_eq!(retry["fields"]["event_id"], event_id.to_string());
+    assert_eq!(retry["fields"]["attempts"], 1);
+    assert_eq!(retry["level"], "WARN");
+    let dead = find("outbox event dead-lettered");
+    assert_eq!(dead["fields"]["event_id"], event_id.to_string());
+    assert_eq!(dead["fields"]["topic"], "t");
+    assert_eq!(dead["level"], "ERROR");
+    let batch = find("outbox relay batch");
+    assert!(batch["fields"]["claimed"].as_u64().unwrap() >= 1);
+    find("outbox relay started");
+    find("outbox relay stopped");
+}
