@@ -51,6 +51,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod backoff;
+#[cfg(feature = "test-utils")]
+pub mod conformance;
 mod envelope;
 mod error;
 mod event;

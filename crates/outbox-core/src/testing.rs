@@ -6,7 +6,7 @@
 //! PostgreSQL or Kafka in integration tests.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -15,8 +15,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::{
-    AttemptFailure, Delivery, EventId, EventPublisher, FailureOutcome, NewOutboxEvent,
-    OutboxCleanup, OutboxError, OutboxEvent, OutboxStats, PublishError, RelayStore,
+    AttemptFailure, DeadLetter, DeadLetterFilter, DeadLetterStore, Delivery, EventId,
+    EventPublisher, FailureOutcome, NewOutboxEvent, OutboxCleanup, OutboxError, OutboxEvent,
+    OutboxStats, PublishError, RelayStore,
 };
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -44,39 +45,68 @@ impl MemoryRow {
     }
 }
 
-/// An in-memory outbox implementing the relay side, with switches for failures.
+/// The rows and the leadership slot shared by every handle of one in-memory outbox.
 #[derive(Debug, Default)]
-pub struct MemoryStore {
+struct Shared {
     rows: Mutex<BTreeMap<i64, MemoryRow>>,
     next_id: Mutex<i64>,
+    leader: Mutex<Option<u64>>,
+    next_handle: AtomicU64,
+}
+
+/// An in-memory outbox implementing the relay side, with switches for failures.
+///
+/// Each [`handle`](Self::handle) is like another relay process on the same table: only one
+/// handle holds the leadership at a time, and dropping it releases the leadership.
+#[derive(Debug)]
+pub struct MemoryStore {
+    shared: Arc<Shared>,
+    id: u64,
     retain: Option<Duration>,
-    /// While `true`, another relay holds the leadership.
-    pub leadership_taken: AtomicBool,
     /// Store calls fail while this is `true` (a database outage).
     pub unavailable: AtomicBool,
-    /// Number of store calls made (a database query count).
+    /// Number of store calls made through this handle (a database query count).
     pub calls: AtomicUsize,
-    /// Number of `claim_batch` calls.
+    /// Number of `claim_batch` calls through this handle.
     pub claims: AtomicUsize,
 }
 
 impl MemoryStore {
     /// An empty store that deletes rows on acknowledgement.
     pub fn new() -> Arc<Self> {
-        Arc::new(Self::default())
+        Self::build(Arc::default(), None)
     }
 
     /// An empty store that keeps published rows for `retention`.
     pub fn with_retention(retention: Duration) -> Arc<Self> {
+        Self::build(Arc::default(), Some(retention))
+    }
+
+    fn build(shared: Arc<Shared>, retain: Option<Duration>) -> Arc<Self> {
+        let id = shared.next_handle.fetch_add(1, Ordering::SeqCst);
         Arc::new(Self {
-            retain: Some(retention),
-            ..Self::default()
+            shared,
+            id,
+            retain,
+            unavailable: AtomicBool::new(false),
+            calls: AtomicUsize::new(0),
+            claims: AtomicUsize::new(0),
         })
     }
 
-    /// Adds an event (its topic must be set) and returns its row id.
+    /// Another handle on the same outbox (another relay process).
+    pub fn handle(&self) -> Arc<Self> {
+        Self::build(self.shared.clone(), self.retain)
+    }
+
+    /// Another handle on the same outbox that keeps published rows for `retention`.
+    pub fn handle_with_retention(&self, retention: Duration) -> Arc<Self> {
+        Self::build(self.shared.clone(), Some(retention))
+    }
+
+    /// Adds an event (its topic defaults to `test-topic`) and returns its row id.
     pub fn add(&self, event: NewOutboxEvent) -> i64 {
-        let mut next_id = lock(&self.next_id);
+        let mut next_id = lock(&self.shared.next_id);
         *next_id += 1;
         let id = *next_id;
         let key = event.key().to_owned();
@@ -100,43 +130,33 @@ impl MemoryStore {
             published_at: None,
             last_error: None,
         };
-        lock(&self.rows).insert(id, row);
+        lock(&self.shared.rows).insert(id, row);
         id
     }
 
     /// Marks row `id` as malformed, as a hand-edited row would be.
     pub fn corrupt(&self, id: i64, defect: &str) {
-        if let Some(row) = lock(&self.rows).get_mut(&id) {
+        if let Some(row) = lock(&self.shared.rows).get_mut(&id) {
             row.event.defect = Some(defect.to_owned());
         }
     }
 
     /// A copy of every row, in id order.
     pub fn rows(&self) -> Vec<MemoryRow> {
-        lock(&self.rows).values().cloned().collect()
+        lock(&self.shared.rows).values().cloned().collect()
     }
 
     /// A copy of row `id`.
     pub fn row(&self, id: i64) -> Option<MemoryRow> {
-        lock(&self.rows).get(&id).cloned()
+        lock(&self.shared.rows).get(&id).cloned()
     }
 
     /// Pending row count.
     pub fn pending(&self) -> usize {
-        lock(&self.rows).values().filter(|r| r.pending()).count()
-    }
-
-    /// Makes a dead letter pending again.
-    pub fn replay(&self, id: i64) -> bool {
-        match lock(&self.rows).get_mut(&id) {
-            Some(row) if row.dead_lettered_at.is_some() => {
-                row.dead_lettered_at = None;
-                row.next_attempt_at = None;
-                row.event.attempts = 0;
-                true
-            }
-            _ => false,
-        }
+        lock(&self.shared.rows)
+            .values()
+            .filter(|r| r.pending())
+            .count()
     }
 
     fn call(&self) -> Result<(), OutboxError> {
@@ -149,27 +169,145 @@ impl MemoryStore {
             Ok(())
         }
     }
+
+    fn leading(&self) -> Result<(), OutboxError> {
+        if *lock(&self.shared.leader) == Some(self.id) {
+            Ok(())
+        } else {
+            Err(OutboxError::LeadershipLost)
+        }
+    }
+
+    fn dead_matching(&self, filter: &DeadLetterFilter) -> Vec<i64> {
+        lock(&self.shared.rows)
+            .values()
+            .filter(|r| {
+                let Some(at) = r.dead_lettered_at else {
+                    return false;
+                };
+                let e = &r.event;
+                filter.topic.as_ref().is_none_or(|t| *t == e.topic)
+                    && filter
+                        .event_type
+                        .as_ref()
+                        .is_none_or(|t| *t == e.event_type)
+                    && filter
+                        .aggregate_type
+                        .as_ref()
+                        .is_none_or(|t| *t == e.aggregate_type)
+                    && filter
+                        .aggregate_id
+                        .as_ref()
+                        .is_none_or(|t| *t == e.aggregate_id)
+                    && filter.since.is_none_or(|t| at >= t)
+                    && filter.until.is_none_or(|t| at < t)
+            })
+            .map(|r| r.event.id)
+            .collect()
+    }
+}
+
+impl Drop for MemoryStore {
+    fn drop(&mut self) {
+        let mut leader = lock(&self.shared.leader);
+        if *leader == Some(self.id) {
+            *leader = None;
+        }
+    }
+}
+
+#[async_trait]
+impl DeadLetterStore for MemoryStore {
+    async fn dead_letters(
+        &self,
+        filter: &DeadLetterFilter,
+        limit: u64,
+    ) -> Result<Vec<DeadLetter>, OutboxError> {
+        self.call()?;
+        let ids = self.dead_matching(filter);
+        let rows = lock(&self.shared.rows);
+        Ok(ids
+            .iter()
+            .filter_map(|id| rows.get(id))
+            .take(usize::try_from(limit).unwrap_or(usize::MAX))
+            .filter_map(|r| {
+                Some(DeadLetter {
+                    event: r.event.clone(),
+                    dead_lettered_at: r.dead_lettered_at?,
+                    last_error: r.last_error.clone(),
+                })
+            })
+            .collect())
+    }
+
+    async fn replay(&self, ids: &[i64]) -> Result<u64, OutboxError> {
+        self.call()?;
+        let mut rows = lock(&self.shared.rows);
+        let mut n = 0;
+        for id in ids {
+            if let Some(row) = rows.get_mut(id).filter(|r| r.dead_lettered_at.is_some()) {
+                row.dead_lettered_at = None;
+                row.next_attempt_at = None;
+                row.event.attempts = 0;
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn replay_matching(&self, filter: &DeadLetterFilter) -> Result<u64, OutboxError> {
+        let ids = self.dead_matching(filter);
+        self.replay(&ids).await
+    }
+
+    async fn discard(&self, ids: &[i64]) -> Result<u64, OutboxError> {
+        self.call()?;
+        let mut rows = lock(&self.shared.rows);
+        let mut n = 0;
+        for id in ids {
+            if rows.get(id).is_some_and(|r| r.dead_lettered_at.is_some()) {
+                rows.remove(id);
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    async fn discard_matching(&self, filter: &DeadLetterFilter) -> Result<u64, OutboxError> {
+        let ids = self.dead_matching(filter);
+        self.discard(&ids).await
+    }
 }
 
 #[async_trait]
 impl RelayStore for MemoryStore {
     async fn acquire_leadership(&self) -> Result<bool, OutboxError> {
         self.call()?;
-        Ok(!self.leadership_taken.load(Ordering::SeqCst))
+        let mut leader = lock(&self.shared.leader);
+        match *leader {
+            None => {
+                *leader = Some(self.id);
+                Ok(true)
+            }
+            Some(id) => Ok(id == self.id),
+        }
     }
 
     async fn release_leadership(&self) -> Result<(), OutboxError> {
-        self.call()
+        self.call()?;
+        let mut leader = lock(&self.shared.leader);
+        if *leader == Some(self.id) {
+            *leader = None;
+        }
+        Ok(())
     }
 
     async fn claim_batch(&self, limit: usize) -> Result<Vec<OutboxEvent>, OutboxError> {
         self.call()?;
         self.claims.fetch_add(1, Ordering::SeqCst);
-        if self.leadership_taken.load(Ordering::SeqCst) {
-            return Err(OutboxError::LeadershipLost);
-        }
+        self.leading()?;
         let now = Utc::now();
-        let rows = lock(&self.rows);
+        let rows = lock(&self.shared.rows);
         let mut blocked: std::collections::HashMap<(&str, &str), i64> = Default::default();
         for row in rows.values().filter(|r| r.pending()) {
             if row.next_attempt_at.is_some_and(|t| t > now) {
@@ -193,10 +331,8 @@ impl RelayStore for MemoryStore {
 
     async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError> {
         self.call()?;
-        if self.leadership_taken.load(Ordering::SeqCst) {
-            return Err(OutboxError::LeadershipLost);
-        }
-        let mut rows = lock(&self.rows);
+        self.leading()?;
+        let mut rows = lock(&self.shared.rows);
         let mut n = 0;
         for id in ids {
             if self.retain.is_some() {
@@ -213,9 +349,13 @@ impl RelayStore for MemoryStore {
 
     async fn record_failures(&self, failures: &[AttemptFailure]) -> Result<(), OutboxError> {
         self.call()?;
-        let mut rows = lock(&self.rows);
+        self.leading()?;
+        let mut rows = lock(&self.shared.rows);
         for failure in failures {
-            if let Some(row) = rows.get_mut(&failure.id) {
+            if let Some(row) = rows
+                .get_mut(&failure.id)
+                .filter(|r| r.published_at.is_none())
+            {
                 row.event.attempts += 1;
                 row.last_error = Some(failure.error.clone());
                 match failure.outcome {
@@ -229,7 +369,7 @@ impl RelayStore for MemoryStore {
 
     async fn stats(&self) -> Result<OutboxStats, OutboxError> {
         self.call()?;
-        let rows = lock(&self.rows);
+        let rows = lock(&self.shared.rows);
         let now = Utc::now();
         Ok(OutboxStats {
             pending: rows.values().filter(|r| r.pending()).count() as u64,
@@ -254,7 +394,7 @@ impl OutboxCleanup for MemoryStore {
             return Ok(0);
         };
         let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
-        let mut rows = lock(&self.rows);
+        let mut rows = lock(&self.shared.rows);
         let expired: Vec<i64> = rows
             .values()
             .filter(|r| r.published_at.is_some_and(|t| t < cutoff))

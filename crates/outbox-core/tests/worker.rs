@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use outbox_core::testing::{MemoryPublisher, MemoryStore};
-use outbox_core::{EventRelayWorker, NewOutboxEvent, OutboxError, OutboxRelay, RelaySettings};
+use outbox_core::{
+    DeadLetterStore, EventRelayWorker, NewOutboxEvent, OutboxError, OutboxRelay, RelaySettings,
+    RelayStore,
+};
 
 fn fast() -> RelaySettings {
     RelaySettings::default()
@@ -211,7 +214,7 @@ async fn a_replayed_dead_letter_is_delivered() {
     assert_eq!(store.row(id).unwrap().event.attempts, 2);
 
     publisher.rejected_types.lock().unwrap().clear();
-    assert!(store.replay(id));
+    assert_eq!(store.replay(&[id]).await.unwrap(), 1);
     until("replayed and delivered", || {
         publisher.delivered().len() == 1
     })
@@ -325,7 +328,8 @@ async fn stop_gives_up_after_its_timeout_and_leaves_the_events_in_the_outbox() {
 async fn a_standby_publishes_nothing_until_the_leadership_is_free() {
     let store = MemoryStore::new();
     let publisher = MemoryPublisher::new();
-    store.leadership_taken.store(true, Ordering::SeqCst);
+    let other_relay = store.handle();
+    assert!(other_relay.acquire_leadership().await.unwrap());
     store.add(event("a", 0));
     let worker = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
     worker.start().unwrap();
@@ -338,7 +342,7 @@ async fn a_standby_publishes_nothing_until_the_leadership_is_free() {
         "a standby does not claim"
     );
 
-    store.leadership_taken.store(false, Ordering::SeqCst);
+    other_relay.release_leadership().await.unwrap();
     until("taken over", || publisher.delivered().len() == 1).await;
     assert!(worker.status().leader);
     worker.stop().await.unwrap();

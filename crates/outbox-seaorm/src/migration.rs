@@ -1,0 +1,65 @@
+//! The migration that creates `event_outbox`.
+//!
+//! Add it to your service's migrator in one line:
+//!
+//! ```
+//! use sea_orm_migration::prelude::*;
+//!
+//! pub struct Migrator;
+//!
+//! impl MigratorTrait for Migrator {
+//!     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+//!         vec![
+//!             // ... your own migrations ...
+//!             Box::new(outbox_seaorm::CreateEventOutbox),
+//!         ]
+//!     }
+//! }
+//! ```
+//!
+//! Services on other migration tools apply [`UP_SQL`] (the file `sql/event_outbox.up.sql`) instead.
+
+use sea_orm_migration::prelude::*;
+
+/// The DDL that creates the table and its indexes (`sql/event_outbox.up.sql`).
+pub const UP_SQL: &str = include_str!("../sql/event_outbox.up.sql");
+
+/// The DDL that drops the table (`sql/event_outbox.down.sql`).
+pub const DOWN_SQL: &str = include_str!("../sql/event_outbox.down.sql");
+
+/// Creates `event_outbox` with its indexes; its `down` drops the table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateEventOutbox;
+
+impl MigrationName for CreateEventOutbox {
+    fn name(&self) -> &str {
+        "m20261127_000001_create_event_outbox"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateEventOutbox {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager.get_connection().execute_unprepared(UP_SQL).await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(DOWN_SQL)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A migrator holding only the outbox migration, for programs without a migrator of their own
+/// (examples, tools, tests).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OutboxMigrator;
+
+impl MigratorTrait for OutboxMigrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(CreateEventOutbox)]
+    }
+}

@@ -1,0 +1,339 @@
+//! The PostgreSQL repository's own behaviour on the real server: atomic writes, validation,
+//! topic mapping, defective rows, key partitions, the claim's index, and the leadership handover.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use outbox_core::{
+    NewOutboxEvent, OutboxError, OutboxWriter, RelayStore, TRACEPARENT_HEADER, TopicMap,
+};
+use outbox_seaorm::{OutboxMigrator, PostgresOutbox, entity};
+use outbox_test_harness::TestDatabase;
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    Statement, TransactionTrait,
+};
+use sea_orm_migration::MigratorTrait;
+
+async fn migrated() -> (TestDatabase, DatabaseConnection) {
+    let db = TestDatabase::create().await;
+    let conn = db.connect().await;
+    OutboxMigrator::up(&conn, None).await.unwrap();
+    (db, conn)
+}
+
+async fn count(conn: &DatabaseConnection) -> u64 {
+    entity::Entity::find().count(conn).await.unwrap()
+}
+
+fn event(key: &str) -> NewOutboxEvent {
+    NewOutboxEvent::json("order", key, "OrderPlaced", &serde_json::json!({"id": key}))
+        .unwrap()
+        .with_topic("orders")
+}
+
+#[tokio::test]
+async fn an_event_exists_only_if_its_transaction_commits() {
+    let (_db, conn) = migrated().await;
+    conn.execute_unprepared("CREATE TABLE orders (id text PRIMARY KEY)")
+        .await
+        .unwrap();
+    let outbox = PostgresOutbox::new(conn.clone()).unwrap();
+
+    let txn = conn.begin().await.unwrap();
+    txn.execute_unprepared("INSERT INTO orders VALUES ('o-1')")
+        .await
+        .unwrap();
+    outbox.add_event(&txn, event("o-1")).await.unwrap();
+    txn.rollback().await.unwrap();
+    assert_eq!(count(&conn).await, 0, "rolled back: no event");
+
+    let txn = conn.begin().await.unwrap();
+    txn.execute_unprepared("INSERT INTO orders VALUES ('o-2')")
+        .await
+        .unwrap();
+    let id = outbox.add_event(&txn, event("o-2")).await.unwrap();
+    assert_eq!(count(&conn).await, 0, "invisible before the commit");
+    txn.commit().await.unwrap();
+    let row = entity::Entity::find().one(&conn).await.unwrap().unwrap();
+    assert_eq!(row.event_id, id.as_uuid());
+    assert_eq!(row.event_key, "o-2");
+    assert_eq!(row.headers["content-type"], "application/json");
+
+    // A business failure after the insert takes the event with it.
+    let txn = conn.begin().await.unwrap();
+    outbox.add_event(&txn, event("o-3")).await.unwrap();
+    let duplicate = txn
+        .execute_unprepared("INSERT INTO orders VALUES ('o-2')")
+        .await;
+    assert!(duplicate.is_err());
+    drop(txn);
+    assert_eq!(count(&conn).await, 1);
+}
+
+#[tokio::test]
+async fn adding_an_event_takes_no_lock_beyond_the_insert() {
+    let (_db, conn) = migrated().await;
+    let outbox = PostgresOutbox::new(conn.clone()).unwrap();
+    let txn = conn.begin().await.unwrap();
+    outbox.add_event(&txn, event("o-1")).await.unwrap();
+    let locks = txn
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT locktype, mode, coalesce(relation::regclass::text, '') AS rel
+             FROM pg_locks WHERE pid = pg_backend_pid() AND locktype <> 'virtualxid'",
+        ))
+        .await
+        .unwrap();
+    for lock in locks {
+        let locktype: String = lock.try_get("", "locktype").unwrap();
+        let mode: String = lock.try_get("", "mode").unwrap();
+        let rel: String = lock.try_get("", "rel").unwrap();
+        assert_ne!(locktype, "advisory", "no advisory lock");
+        if locktype == "relation" && rel.starts_with("event_outbox") {
+            assert_eq!(
+                mode, "RowExclusiveLock",
+                "{rel}: only the insert's own lock"
+            );
+        }
+    }
+    txn.commit().await.unwrap();
+}
+
+#[tokio::test]
+async fn invalid_events_are_refused_and_nothing_is_written() {
+    let (_db, conn) = migrated().await;
+    let outbox = PostgresOutbox::new(conn.clone()).unwrap();
+    let txn = conn.begin().await.unwrap();
+    let refused = [
+        NewOutboxEvent::new("", "a", "T", vec![]).with_topic("t"),
+        event("a").with_topic("no spaces allowed"),
+        event("a").with_header("event_id", "forged"),
+    ];
+    for bad in refused {
+        assert!(matches!(
+            outbox.add_event(&txn, bad).await,
+            Err(OutboxError::InvalidEvent(_))
+        ));
+    }
+    let unmapped = NewOutboxEvent::new("order", "a", "Unmapped", vec![]);
+    assert!(matches!(
+        outbox.add_event(&txn, unmapped).await,
+        Err(OutboxError::UnknownEventType(t)) if t == "Unmapped"
+    ));
+    txn.commit().await.unwrap();
+    assert_eq!(count(&conn).await, 0);
+}
+
+#[tokio::test]
+async fn the_mapper_chooses_topics_and_add_events_writes_them_in_order() {
+    let (_db, conn) = migrated().await;
+    let topics = TopicMap::new().with("OrderPlaced", "orders.v1").unwrap();
+    let outbox = PostgresOutbox::new(conn.clone())
+        .unwrap()
+        .with_mapper(Arc::new(topics));
+    let txn = conn.begin().await.unwrap();
+    let events: Vec<NewOutboxEvent> = (0..5)
+        .map(|n| {
+            NewOutboxEvent::new("order", format!("o-{n}"), "OrderPlaced", vec![n]).with_traceparent(
+                Some("00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"),
+            )
+        })
+        .collect();
+    let ids = outbox.add_events(&txn, events).await.unwrap();
+    txn.commit().await.unwrap();
+    assert!(
+        outbox
+            .add_events(&conn, Vec::new())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let rows = entity::Entity::find().all(&conn).await.unwrap();
+    assert_eq!(rows.len(), 5);
+    for (n, (row, id)) in rows.iter().zip(&ids).enumerate() {
+        assert_eq!(row.event_id, id.as_uuid(), "ids in the order given");
+        assert_eq!(row.topic, "orders.v1");
+        assert_eq!(row.payload, vec![n as u8]);
+        assert_eq!(
+            row.headers[TRACEPARENT_HEADER],
+            "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        );
+    }
+}
+
+#[tokio::test]
+async fn rows_edited_into_a_bad_shape_are_claimed_as_defective() {
+    let (_db, conn) = migrated().await;
+    let outbox = Arc::new(PostgresOutbox::new(conn.clone()).unwrap());
+    outbox.add_event(&conn, event("good")).await.unwrap();
+    outbox.add_event(&conn, event("bad")).await.unwrap();
+    conn.execute_unprepared(
+        "UPDATE event_outbox SET headers = '{\"x\": [1, 2]}' WHERE event_key = 'bad'",
+    )
+    .await
+    .unwrap();
+    // The table refuses what cannot be a header map at all.
+    assert!(
+        conn.execute_unprepared("UPDATE event_outbox SET headers = '[]' WHERE event_key = 'bad'")
+            .await
+            .is_err()
+    );
+    assert!(outbox.acquire_leadership().await.unwrap());
+    let batch = outbox.claim_batch(10).await.unwrap();
+    assert_eq!(batch.len(), 2, "one bad row does not fail the claim");
+    assert_eq!(batch[0].defect, None);
+    assert!(batch[1].defect.as_deref().unwrap().contains("header `x`"));
+}
+
+#[tokio::test]
+async fn the_partition_column_hashes_the_key_into_256_slots() {
+    let (_db, conn) = migrated().await;
+    let outbox = PostgresOutbox::new(conn.clone()).unwrap();
+    for n in 0..200 {
+        outbox
+            .add_event(&conn, event(&format!("key-{}", n % 50)))
+            .await
+            .unwrap();
+    }
+    let rows = entity::Entity::find().all(&conn).await.unwrap();
+    let mut slot_of = std::collections::HashMap::new();
+    for row in &rows {
+        assert!((0..256).contains(&row.partition));
+        assert_eq!(
+            *slot_of
+                .entry(row.event_key.clone())
+                .or_insert(row.partition),
+            row.partition,
+            "same key, same partition"
+        );
+    }
+    let distinct: std::collections::HashSet<_> = slot_of.values().collect();
+    assert!(distinct.len() > 30, "50 keys spread over many slots");
+}
+
+#[tokio::test]
+async fn the_claim_reads_the_pending_index_on_a_large_backlog() {
+    let (_db, conn) = migrated().await;
+    conn.execute_unprepared(
+        "INSERT INTO event_outbox (event_id, aggregate_type, aggregate_id, event_type, topic, event_key, payload)
+         SELECT gen_random_uuid(), 'a', 'k' || (n % 1000), 'T', 't', 'k' || (n % 1000), '\\x00'
+         FROM generate_series(1, 50000) AS n;
+         UPDATE event_outbox SET published_at = now() WHERE id <= 40000;
+         ANALYZE event_outbox;",
+    )
+    .await
+    .unwrap();
+    let lines = conn
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "EXPLAIN WITH blocked AS (
+                SELECT topic, event_key, min(id) AS first_id FROM event_outbox
+                WHERE next_attempt_at > now() AND published_at IS NULL AND dead_lettered_at IS NULL
+                GROUP BY topic, event_key)
+             SELECT o.id FROM event_outbox o
+             WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
+               AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
+               AND NOT EXISTS (SELECT 1 FROM blocked b
+                   WHERE b.topic = o.topic AND b.event_key = o.event_key AND b.first_id < o.id)
+             ORDER BY o.id LIMIT 500",
+        ))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|row| row.try_get_by_index::<String>(0).unwrap())
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert!(
+        lines.contains("event_outbox_pending_idx"),
+        "the claim should scan the pending index:\n{lines}"
+    );
+    assert!(
+        lines.contains("event_outbox_retry_idx"),
+        "rows backing off come from the retry index:\n{lines}"
+    );
+}
+
+#[tokio::test]
+async fn a_standby_takes_over_when_the_leaders_session_dies() {
+    let (_db, conn) = migrated().await;
+    let active = PostgresOutbox::new(conn.clone()).unwrap();
+    let standby = PostgresOutbox::new(conn.clone()).unwrap();
+    outbox_writer(&conn).await;
+    assert!(active.acquire_leadership().await.unwrap());
+    assert!(!standby.acquire_leadership().await.unwrap());
+    assert_eq!(active.claim_batch(10).await.unwrap().len(), 1);
+
+    // Kill the leader's session from outside, as a network failure or a DBA would.
+    let killed = conn
+        .query_one_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_locks
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get::<i64>("", "n")
+        .unwrap();
+    assert_eq!(killed, 1);
+
+    let started = Instant::now();
+    while !standby.acquire_leadership().await.unwrap() {
+        assert!(started.elapsed() < Duration::from_secs(5), "no takeover");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(matches!(
+        active.claim_batch(10).await,
+        Err(OutboxError::LeadershipLost)
+    ));
+    assert!(matches!(
+        active.acknowledge(&[1]).await,
+        Err(OutboxError::LeadershipLost)
+    ));
+    assert!(
+        !active.acquire_leadership().await.unwrap(),
+        "the old leader is a standby now"
+    );
+    assert_eq!(standby.claim_batch(10).await.unwrap().len(), 1);
+}
+
+async fn outbox_writer(conn: &DatabaseConnection) {
+    PostgresOutbox::new(conn.clone())
+        .unwrap()
+        .add_event(conn, event("o-1"))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn the_migration_goes_down_and_up_again() {
+    let (_db, conn) = migrated().await;
+    OutboxMigrator::down(&conn, None).await.unwrap();
+    let tables = conn
+        .query_all_raw(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT 1 FROM information_schema.tables WHERE table_name = 'event_outbox'",
+        ))
+        .await
+        .unwrap();
+    assert!(tables.is_empty());
+    OutboxMigrator::up(&conn, None).await.unwrap();
+    assert_eq!(count(&conn).await, 0);
+    let status = entity::Entity::find()
+        .filter(entity::Column::Attempts.gt(0))
+        .count(&conn)
+        .await
+        .unwrap();
+    assert_eq!(status, 0);
+}
+
+#[test]
+fn a_non_postgres_connection_is_refused() {
+    let disconnected = sea_orm::DatabaseConnection::default();
+    assert!(matches!(
+        PostgresOutbox::new(disconnected),
+        Err(OutboxError::Config(_))
+    ));
+}
