@@ -1,0 +1,62 @@
+//! The Kafka publisher of the transactional outbox, on rdkafka (librdkafka).
+//!
+//! [`KafkaPublisher`] implements [`outbox_core::EventPublisher`]: it sends each relay batch in
+//! bulk with an idempotent producer (`acks=all`, the Java client's `murmur2_random` partitioner, a
+//! small `linger.ms`), awaits the acknowledgements together, checks message sizes before sending
+//! so an oversized event is failed (and in the end dead-lettered) instead of retried forever, and
+//! classifies errors as transient or permanent. Any producer property passes through
+//! [`KafkaConfig::with_property`] (TLS and SASL for managed clusters).
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use outbox_core::{EventRelayWorker, RelaySettings, RelayStore};
+//! use outbox_kafka::{KafkaConfig, KafkaPublisher};
+//!
+//! /// Starts a relay from `store` (for example `outbox_seaorm::PostgresOutbox`) to Kafka.
+//! fn relay(store: Arc<dyn RelayStore>) -> Result<EventRelayWorker, Box<dyn std::error::Error>> {
+//!     let publisher = KafkaPublisher::new(
+//!         KafkaConfig::new("127.0.0.1:9092").with_property("client.id", "orders-relay"),
+//!     )?;
+//!     let worker = EventRelayWorker::new(store, Arc::new(publisher), RelaySettings::default())?;
+//!     worker.start()?;
+//!     Ok(worker)
+//! }
+//! ```
+#![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
+
+mod config;
+mod publisher;
+
+pub use config::{DEFAULT_PROPERTIES, KafkaConfig};
+pub use publisher::{KafkaPublisher, PublisherContext, classify};
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The producer configuration was refused (unknown property, bad value).
+    #[error("invalid kafka configuration: {0}")]
+    Config(String),
+    /// The Kafka client failed.
+    #[error("kafka error: {0}")]
+    Kafka(#[from] rdkafka::error::KafkaError),
+}
+
+impl Error {
+    /// Whether trying again later can help (a client error may be the brokers being away; a
+    /// configuration error will not fix itself).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, Self::Kafka(_))
+    }
+}
+
+impl From<Error> for outbox_core::OutboxError {
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Config(message) => Self::Config(message),
+            Error::Kafka(e) => Self::Publish(classify(&e)),
+        }
+    }
+}
