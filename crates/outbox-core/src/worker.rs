@@ -275,8 +275,12 @@ impl EventRelayWorker {
             }
         };
         let _ = tasks.housekeeping.await;
-        self.shared.status().running = false;
-        self.shared.set_leader(false);
+        {
+            let mut status = self.shared.status();
+            status.running = false;
+            status.leader = false;
+        }
+        metrics::gauge!(m::RELAY_LEADER).set(0.0);
         info!(ok = result.is_ok(), "outbox relay stopped");
         result
     }
@@ -390,21 +394,29 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
         if let Some(outcome) = unwritten.take()
             && let Err(e) = write_back(&shared, &outcome).await
         {
-            let delay = transient.next();
             shared.record_error(ErrorClass::Transient, &e);
-            warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot acknowledge a batch; retrying");
             unwritten = Some(outcome);
-            sleep_or_stop(delay, &mut stop).await;
+            if matches!(e, OutboxError::LeadershipLost) {
+                yield_leadership(&shared, &mut stop).await;
+            } else {
+                let delay = transient.next();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot acknowledge a batch; retrying");
+                sleep_or_stop(delay, &mut stop).await;
+            }
             continue;
         }
 
         let batch = match shared.store.claim_batch(settings.batch_size).await {
             Ok(batch) => batch,
             Err(e) => {
-                let delay = transient.next();
                 shared.record_error(ErrorClass::Transient, &e);
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot claim a batch");
-                sleep_or_stop(delay, &mut stop).await;
+                if matches!(e, OutboxError::LeadershipLost) {
+                    yield_leadership(&shared, &mut stop).await;
+                } else {
+                    let delay = transient.next();
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot claim a batch");
+                    sleep_or_stop(delay, &mut stop).await;
+                }
                 continue;
             }
         };
@@ -426,10 +438,12 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
         let full = batch.len() >= settings.batch_size;
         let outcome = publish_batch(&shared, &batch).await;
         let transient_error = outcome.transient_error.clone();
+        let mut lost_leadership = false;
         match write_back(&shared, &outcome).await {
             Ok(()) => {}
             Err(e) => {
                 shared.record_error(ErrorClass::Transient, &e);
+                lost_leadership = matches!(e, OutboxError::LeadershipLost);
                 warn!(error = %e, "outbox relay cannot acknowledge a batch; will retry before claiming again");
                 unwritten = Some(outcome);
             }
@@ -446,6 +460,8 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
                 "outbox relay backing off after a transient publish failure"
             );
             sleep_or_stop(delay, &mut stop).await;
+        } else if lost_leadership {
+            yield_leadership(&shared, &mut stop).await;
         } else if unwritten.is_some() {
             sleep_or_stop(transient.next(), &mut stop).await;
         } else {
@@ -461,6 +477,19 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
     }
 
     shutdown(&shared, unwritten).await
+}
+
+/// After losing the leadership session involuntarily, stays away for two leadership retry
+/// intervals: a healthy standby, which retries every interval, takes over, instead of the relay
+/// whose session just died winning the lock straight back.
+async fn yield_leadership(shared: &Shared, stop: &mut watch::Receiver<bool>) {
+    {
+        let mut status = shared.status();
+        status.leader = false;
+    }
+    metrics::gauge!(m::RELAY_LEADER).set(0.0);
+    warn!("outbox relay lost its leadership session; yielding to standby relays");
+    sleep_or_stop(shared.settings.leader_retry_interval * 2, stop).await;
 }
 
 /// Waits for a wake-up, a stop, or `idle` to pass.

@@ -30,8 +30,19 @@ impl TestTopic {
 
     /// Creates a uniquely named topic on the brokers at `bootstrap`.
     pub async fn create_on(bootstrap: &str, prefix: &str, partitions: i32) -> Self {
+        Self::create_with(bootstrap, prefix, partitions, &[]).await
+    }
+
+    /// Creates a uniquely named topic with topic-level configuration (for example
+    /// `("max.message.bytes", "4194304")`).
+    pub async fn create_with(
+        bootstrap: &str,
+        prefix: &str,
+        partitions: i32,
+        config: &[(&str, &str)],
+    ) -> Self {
         let name = unique_name(&format!("test_{prefix}"));
-        create_topic(bootstrap, &name, partitions).await;
+        create_topic_with(bootstrap, &name, partitions, config).await;
         Self {
             name,
             bootstrap: bootstrap.to_owned(),
@@ -79,8 +90,15 @@ fn admin(bootstrap: &str) -> Result<AdminClient<DefaultClientContext>, rdkafka::
 /// Creates `name` with `partitions` partitions (replication factor 1) and waits until every
 /// partition has a leader, so a producer can send to it at once.
 pub async fn create_topic(bootstrap: &str, name: &str, partitions: i32) {
+    create_topic_with(bootstrap, name, partitions, &[]).await;
+}
+
+async fn create_topic_with(bootstrap: &str, name: &str, partitions: i32, config: &[(&str, &str)]) {
     let admin = admin(bootstrap).expect("kafka admin client");
-    let topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    let mut topic = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+    for (key, value) in config {
+        topic = topic.set(key, value);
+    }
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = admin
         .create_topics(&[topic], &options)
