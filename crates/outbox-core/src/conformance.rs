@@ -5,7 +5,7 @@
 //! Implement [`ConformanceTarget`] for a fresh, empty outbox and expand
 //! [`relay_store_conformance!`](crate::relay_store_conformance) in a test file:
 //!
-//! ```ignore
+//! ```text
 //! outbox_core::relay_store_conformance!(MyTarget::new());
 //! ```
 

@@ -63,6 +63,9 @@ pub struct MemoryStore {
     shared: Arc<Shared>,
     id: u64,
     retain: Option<Duration>,
+    /// This handle believes it leads (like a PostgreSQL session holding the lock): acquiring
+    /// is then free, and a revoked leadership shows up only at the next claim.
+    held: AtomicBool,
     /// Store calls fail while this is `true` (a database outage).
     pub unavailable: AtomicBool,
     /// Number of store calls made through this handle (a database query count).
@@ -88,6 +91,7 @@ impl MemoryStore {
             shared,
             id,
             retain,
+            held: AtomicBool::new(false),
             unavailable: AtomicBool::new(false),
             calls: AtomicUsize::new(0),
             claims: AtomicUsize::new(0),
@@ -134,6 +138,13 @@ impl MemoryStore {
         id
     }
 
+    /// Takes the leadership away from whoever holds it, as the death of the leader's database
+    /// session would: its next claim or acknowledgement fails with
+    /// [`OutboxError::LeadershipLost`].
+    pub fn revoke_leadership(&self) {
+        *lock(&self.shared.leader) = None;
+    }
+
     /// Marks row `id` as malformed, as a hand-edited row would be.
     pub fn corrupt(&self, id: i64, defect: &str) {
         if let Some(row) = lock(&self.shared.rows).get_mut(&id) {
@@ -174,6 +185,7 @@ impl MemoryStore {
         if *lock(&self.shared.leader) == Some(self.id) {
             Ok(())
         } else {
+            self.held.store(false, Ordering::SeqCst);
             Err(OutboxError::LeadershipLost)
         }
     }
@@ -283,18 +295,24 @@ impl DeadLetterStore for MemoryStore {
 impl RelayStore for MemoryStore {
     async fn acquire_leadership(&self) -> Result<bool, OutboxError> {
         self.call()?;
+        if self.held.load(Ordering::SeqCst) {
+            return Ok(true);
+        }
         let mut leader = lock(&self.shared.leader);
-        match *leader {
+        let leads = match *leader {
             None => {
                 *leader = Some(self.id);
-                Ok(true)
+                true
             }
-            Some(id) => Ok(id == self.id),
-        }
+            Some(id) => id == self.id,
+        };
+        self.held.store(leads, Ordering::SeqCst);
+        Ok(leads)
     }
 
     async fn release_leadership(&self) -> Result<(), OutboxError> {
         self.call()?;
+        self.held.store(false, Ordering::SeqCst);
         let mut leader = lock(&self.shared.leader);
         if *leader == Some(self.id) {
             *leader = None;

@@ -3,8 +3,8 @@
 //! The same behaviours are proven against the real PostgreSQL and Kafka in the adapters' and the
 //! workspace's integration tests; these pin down the worker's decisions precisely.
 
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -349,6 +349,33 @@ async fn a_standby_publishes_nothing_until_the_leadership_is_free() {
 }
 
 #[tokio::test]
+async fn a_relay_whose_session_dies_yields_to_the_standby() {
+    let store = MemoryStore::new();
+    let standby_store = store.handle();
+    let publisher = MemoryPublisher::new();
+    let active = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    active.start().unwrap();
+    until("active leads", || active.status().leader).await;
+    let standby = EventRelayWorker::new(standby_store.clone(), publisher.clone(), fast()).unwrap();
+    standby.start().unwrap();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    assert!(!standby.status().leader);
+
+    store.revoke_leadership();
+    until("the standby took over", || standby.status().leader).await;
+    until("the old leader stepped down", || !active.status().leader).await;
+    store.add(event("a", 0));
+    until("delivered by the new leader", || {
+        publisher.delivered().len() == 1
+    })
+    .await;
+    assert_eq!(standby.status().relayed, 1);
+    assert_eq!(active.status().relayed, 0);
+    active.stop().await.unwrap();
+    standby.stop().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_database_outage_is_survived_with_backoff() {
     let store = MemoryStore::new();
     let publisher = MemoryPublisher::new();
@@ -569,74 +596,4 @@ async fn metrics_report_the_backlog_relays_errors_and_dead_letters() {
             "{histogram} was never recorded"
         );
     }
-}
-
-/// Collects formatted log lines.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test(flavor = "current_thread")]
-async fn failures_retries_and_dead_letters_are_structured_log_lines() {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
-    let store = MemoryStore::new();
-    let publisher = MemoryPublisher::new();
-    publisher.rejected_types.lock().unwrap().push("Bad".into());
-    let id = store.add(NewOutboxEvent::new("t", "k", "Bad", b"x".to_vec()).with_topic("t"));
-    let event_id = store.row(id).unwrap().event.event_id;
-    store.add(event("a", 0));
-    let worker = EventRelayWorker::new(
-        store.clone(),
-        publisher.clone(),
-        fast().with_max_attempts(2),
-    )
-    .unwrap();
-    worker.start().unwrap();
-    until("dead-lettered", || {
-        store.row(id).is_some_and(|r| r.dead_lettered_at.is_some())
-    })
-    .await;
-    worker.stop().await.unwrap();
-
-    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
-    let records: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    let find = |message: &str| {
-        records
-            .iter()
-            .find(|r| r["fields"]["message"] == message)
-            .unwrap_or_else(|| panic!("no `{message}` line in:\n{text}"))
-            .clone()
-    };
-    let retry = find("outbox event failed; will retry");
-    assert_eq!(retry["fields"]["event_id"], event_id.to_string());
-    assert_eq!(retry["fields"]["attempts"], 1);
-    assert_eq!(retry["level"], "WARN");
-    let dead = find("outbox event dead-lettered");
-    assert_eq!(dead["fields"]["event_id"], event_id.to_string());
-    assert_eq!(dead["fields"]["topic"], "t");
-    assert_eq!(dead["level"], "ERROR");
-    let batch = find("outbox relay batch");
-    assert!(batch["fields"]["claimed"].as_u64().unwrap() >= 1);
-    find("outbox relay started");
-    find("outbox relay stopped");
 }

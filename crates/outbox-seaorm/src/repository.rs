@@ -232,9 +232,9 @@ impl PostgresOutbox {
         Ok((event_id, values, event_type))
     }
 
-    /// Runs `f` on the leadership session. Any error closes the session (releasing the lock if
-    /// it was held): a session that failed once is not trusted to still hold the lock.
-    async fn on_session<T, F>(&self, require_leader: bool, f: F) -> Result<T, OutboxError>
+    /// Runs `f` on the leadership session. Any error closes the session (releasing the lock):
+    /// a session that failed once is not trusted to still hold it.
+    async fn on_session<T, F>(&self, f: F) -> Result<T, OutboxError>
     where
         F: for<'c> FnOnce(
             &'c mut PgConnection,
@@ -243,25 +243,15 @@ impl PostgresOutbox {
         >,
     {
         let mut guard = self.session.lock().await;
-        let Some(session) = guard.as_mut() else {
+        let Some(session) = guard.as_mut().filter(|s| s.leader) else {
             return Err(OutboxError::LeadershipLost);
         };
-        if require_leader && !session.leader {
-            return Err(OutboxError::LeadershipLost);
-        }
-        match f(&mut session.conn).await {
-            Ok(value) => Ok(value),
-            Err(error) => {
-                let was_leader = session.leader;
-                *guard = None;
-                warn!(error = %error, was_leader, "outbox relay session failed; closed it");
-                if was_leader {
-                    Err(OutboxError::LeadershipLost)
-                } else {
-                    Err(db_error(error))
-                }
-            }
-        }
+        let result = f(&mut session.conn).await;
+        result.map_err(|error| {
+            *guard = None;
+            warn!(error = %error, "outbox relay session failed; closed it and gave up the leadership");
+            OutboxError::LeadershipLost
+        })
     }
 }
 
@@ -454,7 +444,7 @@ impl RelayStore for PostgresOutbox {
 
     async fn claim_batch(&self, limit: usize) -> Result<Vec<OutboxEvent>, OutboxError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        self.on_session(true, move |conn| {
+        self.on_session(move |conn| {
             Box::pin(async move {
                 let rows = sqlx::query(CLAIM).bind(limit).fetch_all(conn).await?;
                 rows.iter().map(row_to_event).collect()
@@ -473,7 +463,7 @@ impl RelayStore for PostgresOutbox {
             DELETE_PUBLISHED
         };
         let ids = ids.to_vec();
-        self.on_session(true, move |conn| {
+        self.on_session(move |conn| {
             Box::pin(async move {
                 let done = sqlx::query(sql).bind(ids).execute(conn).await?;
                 Ok(done.rows_affected())
@@ -504,7 +494,7 @@ impl RelayStore for PostgresOutbox {
                 }
             }
         }
-        self.on_session(true, move |conn| {
+        self.on_session(move |conn| {
             Box::pin(async move {
                 sqlx::query(RECORD_FAILURES)
                     .bind(ids)
