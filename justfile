@@ -19,6 +19,10 @@ services-down:
 services-status:
     scripts/services.sh status
 
+# The File Service demo: services, service, sample uploads, events read back.
+demo:
+    scripts/demo.sh
+
 # Unit tests only: no services needed.
 test:
     cargo test --workspace --lib --bins

@@ -8,6 +8,8 @@
 #   kafka-node.sh status DIR                     exit 0 when the node in DIR runs
 #   kafka-node.sh wait PORT [SECONDS]            wait until 127.0.0.1:PORT answers a metadata request
 #   kafka-node.sh topics PORT ARGS...            run kafka-topics against 127.0.0.1:PORT
+#   kafka-node.sh consume PORT TOPIC [SECONDS]   print a topic from the beginning (key, headers,
+#                                                value), stopping after SECONDS idle (default 5)
 #
 # scripts/services.sh runs the project's shared node with it; the test harness runs private nodes
 # (for tests that stop the broker) with it too, so there is one way to run Kafka.
@@ -57,6 +59,16 @@ java_cp_topics() {
   timeout 60 "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$LIBS/*" \
     -Dlog4j2.configurationFile="$ROOT/scripts/kafka/log4j2.properties" -Dkafka.logs.dir=/tmp \
     org.apache.kafka.tools.TopicCommand --bootstrap-server "127.0.0.1:$port" "$@"
+}
+
+consume() {
+  local port="$1" topic="$2" idle="${3:-5}"
+  timeout 120 "$JAVA" -Xmx256m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC -cp "$LIBS/*" \
+    -Dlog4j2.configurationFile="$ROOT/scripts/kafka/log4j2.properties" -Dkafka.logs.dir=/tmp \
+    org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "127.0.0.1:$port" \
+    --topic "$topic" --from-beginning --timeout-ms "$((idle * 1000))" \
+    --property print.key=true --property print.headers=true \
+    --property key.separator=" | " --property headers.separator=", " 2>/dev/null || true
 }
 
 wait_ready() {
@@ -133,5 +145,6 @@ case "$cmd" in
   status) [ $# -eq 1 ] || die "usage: kafka-node.sh status DIR"; pid_of "$1" >/dev/null ;;
   wait) [ $# -ge 1 ] || die "usage: kafka-node.sh wait PORT [SECONDS]"; fetch; wait_ready "$1" "${2:-90}" ;;
   topics) [ $# -ge 1 ] || die "usage: kafka-node.sh topics PORT ARGS..."; fetch; java_cp_topics "$@" ;;
-  *) die "usage: kafka-node.sh fetch|start|stop|status|wait|topics (see the header of this file)" ;;
+  consume) [ $# -ge 2 ] || die "usage: kafka-node.sh consume PORT TOPIC [SECONDS]"; fetch; consume "$@" ;;
+  *) die "usage: kafka-node.sh fetch|start|stop|status|wait|topics|consume (see the header of this file)" ;;
 esac

@@ -33,6 +33,15 @@ impl TestTopic {
         Self::create_with(bootstrap, prefix, partitions, &[]).await
     }
 
+    /// Creates the topic `name` exactly (the caller makes it unique), deleted when dropped.
+    pub async fn create_named(bootstrap: &str, name: &str, partitions: i32) -> Self {
+        create_topic_with(bootstrap, name, partitions, &[]).await;
+        Self {
+            name: name.to_owned(),
+            bootstrap: bootstrap.to_owned(),
+        }
+    }
+
     /// Creates a uniquely named topic with topic-level configuration (for example
     /// `("max.message.bytes", "4194304")`).
     pub async fn create_with(

@@ -1,0 +1,4 @@
+DROP TABLE IF EXISTS extracted_texts;
+DROP TABLE IF EXISTS raw_files;
+DROP TABLE IF EXISTS file_uploads;
+DROP TABLE IF EXISTS batches;

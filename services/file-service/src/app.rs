@@ -1,0 +1,211 @@
+//! Building the service from its configuration, and running it until a signal stops it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use outbox_di::{OutboxModule, OutboxRelayWorker, OutboxRepository, OutboxSettings};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm_migration::MigratorTrait;
+use shaku::HasComponent;
+use tracing::{error, info, warn};
+
+use crate::access::{BatchAccess, LocalOwnership, Orchestrator};
+use crate::config::Config;
+use crate::db::Migrator;
+use crate::events::{
+    FileEventPublisher, OutboxFileEventPublisher, OutboxFileEventPublisherParameters, TOPICS,
+};
+use crate::http::{AppState, app};
+use crate::module::FileServiceModule;
+use crate::processing::Processor;
+
+/// Why the service could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    /// The database could not be reached or refused a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    /// Migrations are missing.
+    #[error(
+        "the database is not migrated ({0} pending): run `file-service migrate up` or set FILE_SERVICE_MIGRATE_ON_START=true"
+    )]
+    NotMigrated(usize),
+    /// The outbox could not be built or stopped.
+    #[error("outbox error: {0}")]
+    Outbox(#[from] outbox_core::OutboxError),
+    /// Kafka topics could not be created.
+    #[error("kafka error: {0}")]
+    Kafka(String),
+    /// The Batch Orchestrator client could not be built.
+    #[error("orchestrator client error: {0}")]
+    Orchestrator(#[from] reqwest::Error),
+    /// The listening socket failed.
+    #[error("http server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Connects to the database named by the configuration.
+pub async fn connect(config: &Config) -> Result<DatabaseConnection, ServiceError> {
+    let mut options = ConnectOptions::new(config.database_url.clone());
+    options
+        .max_connections(16)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Ok(Database::connect(options).await?)
+}
+
+/// Fails unless every migration has been applied.
+pub async fn require_migrated(db: &DatabaseConnection) -> Result<(), ServiceError> {
+    let pending = Migrator::get_pending_migrations(db).await?.len();
+    if pending > 0 {
+        return Err(ServiceError::NotMigrated(pending));
+    }
+    Ok(())
+}
+
+/// Creates the service's four topics when missing (3 partitions, replication factor 1).
+pub async fn create_topics(config: &Config) -> Result<(), ServiceError> {
+    let admin: AdminClient<DefaultClientContext> = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.kafka.bootstrap_servers)
+        .create()
+        .map_err(|e| ServiceError::Kafka(e.to_string()))?;
+    let names: Vec<String> = TOPICS
+        .iter()
+        .map(|t| format!("{}{t}", config.topic_prefix))
+        .collect();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| NewTopic::new(name, 3, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(|e| ServiceError::Kafka(e.to_string()))?;
+    for result in results {
+        match result {
+            Ok(topic) => info!(topic, "kafka topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(ServiceError::Kafka(format!(
+                    "cannot create {topic}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Wires the service: the outbox module and the service's module on top of it, batch access,
+/// and the upload processor. The relay is not started.
+pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, ServiceError> {
+    let outbox_settings = OutboxSettings::default()
+        .with_relay(config.relay.clone())
+        .with_kafka(config.kafka.clone());
+    let outbox = OutboxModule::from_settings(db.clone(), outbox_settings)?;
+    let module = FileServiceModule::builder(Arc::new(outbox))
+        .with_component_parameters::<OutboxFileEventPublisher>(OutboxFileEventPublisherParameters {
+            topic_prefix: config.topic_prefix.clone(),
+        })
+        .build();
+    let events: Arc<dyn FileEventPublisher> = module.resolve();
+    let relay: Arc<dyn OutboxRelayWorker> = module.resolve();
+    let repository: Arc<dyn OutboxRepository> = module.resolve();
+    let access: Arc<dyn BatchAccess> = match &config.orchestrator_url {
+        Some(url) => Arc::new(Orchestrator::new(url.clone(), config.orchestrator_timeout)?),
+        None => Arc::new(LocalOwnership::new(db.clone())),
+    };
+    let processor = Processor::start(
+        db.clone(),
+        events.clone(),
+        relay.notifier(),
+        config.processing_concurrency,
+    );
+    Ok(AppState {
+        db,
+        events,
+        access,
+        processor,
+        relay,
+        outbox: repository,
+        metrics: crate::metrics::handle(),
+        max_file_bytes: config.max_file_bytes,
+        max_request_bytes: config.max_request_bytes,
+    })
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            error!(error = %e, "cannot listen for ctrl-c");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(e) => {
+                error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = terminate => {}
+    }
+    info!("shutdown requested: draining HTTP requests");
+}
+
+/// Runs the service: migrates when configured, starts the relay and the processor (queuing every
+/// upload still pending), serves HTTP until SIGTERM or ctrl-c, then drains requests, finishes
+/// the uploads being processed, and stops the relay (in-flight sends acknowledged, producer
+/// flushed).
+pub async fn serve(config: Config) -> Result<(), ServiceError> {
+    let db = connect(&config).await?;
+    if config.migrate_on_start {
+        Migrator::up(&db, None).await?;
+        info!("migrations applied");
+    }
+    require_migrated(&db).await?;
+    if config.create_topics {
+        create_topics(&config).await?;
+    }
+    let state = build(&config, db)?;
+    state.relay.start()?;
+    let recovered = state.processor.enqueue_pending(None).await?;
+    if recovered > 0 {
+        info!(
+            uploads = recovered,
+            "queued uploads left pending by an earlier run"
+        );
+    }
+
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.http_port)).await?;
+    info!(port = config.http_port, address = %listener.local_addr()?, "file service listening");
+    let processor = state.processor.clone();
+    let relay = state.relay.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+
+    processor.stop().await;
+    match relay.stop().await {
+        Ok(()) => info!("file service stopped"),
+        Err(e) => {
+            warn!(error = %e, "the relay did not stop cleanly; unsent events stay in the outbox");
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}

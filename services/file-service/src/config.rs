@@ -1,0 +1,421 @@
+//! Configuration from the environment, validated at start.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use outbox_core::RelaySettings;
+use outbox_kafka::KafkaConfig;
+
+/// A variable that is missing or malformed.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("configuration error: {variable}: {problem}")]
+pub struct ConfigError {
+    /// The environment variable at fault.
+    pub variable: String,
+    /// What is wrong with it.
+    pub problem: String,
+}
+
+fn error(variable: &str, problem: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable: variable.to_owned(),
+        problem: problem.into(),
+    }
+}
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// One JSON object per line (the default).
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// Everything the service reads from its environment.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// `DATABASE_URL` (required).
+    pub database_url: String,
+    /// `KAFKA_BOOTSTRAP_SERVERS` and `KAFKA_PRODUCER_*` properties.
+    pub kafka: KafkaConfig,
+    /// `FILE_SERVICE_HTTP_PORT`, default 7001.
+    pub http_port: u16,
+    /// `FILE_SERVICE_MAX_FILE_BYTES`, default 10 MiB.
+    pub max_file_bytes: usize,
+    /// `FILE_SERVICE_MAX_REQUEST_BYTES`, default 100 MiB: the whole multipart body.
+    pub max_request_bytes: usize,
+    /// `FILE_SERVICE_MIGRATE_ON_START`, default false.
+    pub migrate_on_start: bool,
+    /// `BATCH_ORCHESTRATOR_URL`; unset means local ownership.
+    pub orchestrator_url: Option<String>,
+    /// `BATCH_ORCHESTRATOR_TIMEOUT_MS`, default 5,000.
+    pub orchestrator_timeout: Duration,
+    /// `FILE_SERVICE_PROCESSING_CONCURRENCY`, default 2: files processed at once.
+    pub processing_concurrency: usize,
+    /// `FILE_SERVICE_TOPIC_PREFIX`, default empty: put before every topic name (isolated
+    /// environments and tests; the envelope's `event_type` stays the contract's topic name).
+    pub topic_prefix: String,
+    /// `FILE_SERVICE_CREATE_TOPICS`, default false: create the four topics at start when missing
+    /// (development and demos; production topics are provisioned).
+    pub create_topics: bool,
+    /// `OUTBOX_*`: the relay's settings.
+    pub relay: RelaySettings,
+    /// `LOG_FORMAT`, `json` (default) or `pretty`.
+    pub log_format: LogFormat,
+}
+
+/// Reads a value through a lookup function, so tests need not touch the process environment.
+pub trait Env {
+    /// The variable's value, if set.
+    fn get(&self, name: &str) -> Option<String>;
+    /// Every variable whose name starts with `prefix`.
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
+}
+
+/// The process environment.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn get(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        std::env::vars()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .collect()
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn get(&self, name: &str) -> Option<String> {
+        BTreeMap::get(self, name).cloned()
+    }
+
+    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
+        self.iter()
+            .filter(|(k, _)| k.starts_with(prefix))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect()
+    }
+}
+
+fn parse<T: std::str::FromStr>(
+    env: &dyn Env,
+    name: &str,
+    what: &str,
+) -> Result<Option<T>, ConfigError> {
+    match env.get(name) {
+        None => Ok(None),
+        Some(raw) => raw
+            .trim()
+            .parse()
+            .map(Some)
+            .map_err(|_| error(name, format!("expected {what}, got `{raw}`"))),
+    }
+}
+
+fn flag(env: &dyn Env, name: &str) -> Result<bool, ConfigError> {
+    match env.get(name).as_deref().map(str::trim) {
+        None => Ok(false),
+        Some("1" | "true" | "TRUE" | "True" | "yes") => Ok(true),
+        Some("0" | "false" | "FALSE" | "False" | "no" | "") => Ok(false),
+        Some(other) => Err(error(
+            name,
+            format!("expected true or false, got `{other}`"),
+        )),
+    }
+}
+
+fn millis(env: &dyn Env, name: &str) -> Result<Option<Duration>, ConfigError> {
+    Ok(parse::<u64>(env, name, "a whole number of milliseconds")?.map(Duration::from_millis))
+}
+
+/// `KAFKA_PRODUCER_SECURITY_PROTOCOL=SSL` becomes `security.protocol=SSL`.
+fn producer_properties(env: &dyn Env) -> Vec<(String, String)> {
+    env.with_prefix("KAFKA_PRODUCER_")
+        .into_iter()
+        .map(|(name, value)| {
+            let property = name["KAFKA_PRODUCER_".len()..]
+                .to_ascii_lowercase()
+                .replace('_', ".");
+            (property, value)
+        })
+        .collect()
+}
+
+fn relay_settings(env: &dyn Env) -> Result<RelaySettings, ConfigError> {
+    let mut relay = RelaySettings::default();
+    if let Some(n) = parse::<usize>(env, "OUTBOX_BATCH_SIZE", "a whole number")? {
+        relay = relay.with_batch_size(n);
+    }
+    if let Some(n) = parse::<u32>(env, "OUTBOX_MAX_ATTEMPTS", "a whole number")? {
+        relay = relay.with_max_attempts(n);
+    }
+    type Setter = fn(RelaySettings, Duration) -> RelaySettings;
+    let durations: [(&str, Setter); 10] = [
+        ("OUTBOX_POLL_INTERVAL_MS", RelaySettings::with_poll_interval),
+        (
+            "OUTBOX_MIN_POLL_INTERVAL_MS",
+            RelaySettings::with_min_poll_interval,
+        ),
+        (
+            "OUTBOX_RETRY_BACKOFF_BASE_MS",
+            RelaySettings::with_retry_backoff_base,
+        ),
+        (
+            "OUTBOX_RETRY_BACKOFF_MAX_MS",
+            RelaySettings::with_retry_backoff_max,
+        ),
+        (
+            "OUTBOX_TRANSIENT_BACKOFF_BASE_MS",
+            RelaySettings::with_transient_backoff_base,
+        ),
+        (
+            "OUTBOX_TRANSIENT_BACKOFF_MAX_MS",
+            RelaySettings::with_transient_backoff_max,
+        ),
+        (
+            "OUTBOX_LEADER_RETRY_INTERVAL_MS",
+            RelaySettings::with_leader_retry_interval,
+        ),
+        (
+            "OUTBOX_STATS_INTERVAL_MS",
+            RelaySettings::with_stats_interval,
+        ),
+        (
+            "OUTBOX_CLEANUP_INTERVAL_MS",
+            RelaySettings::with_cleanup_interval,
+        ),
+        (
+            "OUTBOX_SHUTDOWN_TIMEOUT_MS",
+            RelaySettings::with_shutdown_timeout,
+        ),
+    ];
+    for (name, set) in durations {
+        if let Some(value) = millis(env, name)? {
+            relay = set(relay, value);
+        }
+    }
+    if let Some(secs) = parse::<u64>(env, "OUTBOX_RETENTION_SECS", "a whole number of seconds")? {
+        relay = relay.with_retention((secs > 0).then(|| Duration::from_secs(secs)));
+    }
+    if let Some(n) = parse::<u64>(env, "OUTBOX_CLEANUP_BATCH_SIZE", "a whole number")? {
+        relay = relay.with_cleanup_batch_size(n);
+    }
+    relay
+        .validate()
+        .map_err(|e| error("OUTBOX_*", e.to_string()))?;
+    Ok(relay)
+}
+
+impl Config {
+    /// Reads and validates the configuration; the first bad variable stops it with its name.
+    pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
+        let database_url = env
+            .get("DATABASE_URL")
+            .filter(|v| !v.trim().is_empty())
+            .ok_or_else(|| error("DATABASE_URL", "required (a PostgreSQL URL)"))?;
+        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
+            return Err(error(
+                "DATABASE_URL",
+                "expected a postgres:// or postgresql:// URL",
+            ));
+        }
+        let bootstrap = env
+            .get("KAFKA_BOOTSTRAP_SERVERS")
+            .unwrap_or_else(|| "127.0.0.1:9092".into());
+        if bootstrap.trim().is_empty() {
+            return Err(error("KAFKA_BOOTSTRAP_SERVERS", "must not be empty"));
+        }
+        let mut kafka = KafkaConfig::new(bootstrap.trim());
+        for (property, value) in producer_properties(env) {
+            kafka = kafka.with_property(property, value);
+        }
+        let http_port =
+            parse::<u16>(env, "FILE_SERVICE_HTTP_PORT", "a port number (0-65535)")?.unwrap_or(7001);
+        let max_file_bytes =
+            parse::<usize>(env, "FILE_SERVICE_MAX_FILE_BYTES", "a number of bytes")?
+                .unwrap_or(10 * 1024 * 1024);
+        if max_file_bytes == 0 {
+            return Err(error("FILE_SERVICE_MAX_FILE_BYTES", "must be above zero"));
+        }
+        let max_request_bytes =
+            parse::<usize>(env, "FILE_SERVICE_MAX_REQUEST_BYTES", "a number of bytes")?
+                .unwrap_or(100 * 1024 * 1024);
+        if max_request_bytes < max_file_bytes {
+            return Err(error(
+                "FILE_SERVICE_MAX_REQUEST_BYTES",
+                "must be at least FILE_SERVICE_MAX_FILE_BYTES",
+            ));
+        }
+        let orchestrator_url = match env.get("BATCH_ORCHESTRATOR_URL") {
+            Some(url) if url.trim().is_empty() => None,
+            Some(url) if url.starts_with("http://") || url.starts_with("https://") => {
+                Some(url.trim().trim_end_matches('/').to_owned())
+            }
+            Some(_) => {
+                return Err(error(
+                    "BATCH_ORCHESTRATOR_URL",
+                    "expected an http:// or https:// URL",
+                ));
+            }
+            None => None,
+        };
+        let processing_concurrency =
+            parse::<usize>(env, "FILE_SERVICE_PROCESSING_CONCURRENCY", "a whole number")?
+                .unwrap_or(2);
+        if processing_concurrency == 0 {
+            return Err(error(
+                "FILE_SERVICE_PROCESSING_CONCURRENCY",
+                "must be at least 1",
+            ));
+        }
+        let topic_prefix = env.get("FILE_SERVICE_TOPIC_PREFIX").unwrap_or_default();
+        if !topic_prefix
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+        {
+            return Err(error(
+                "FILE_SERVICE_TOPIC_PREFIX",
+                "may hold only a-z A-Z 0-9 . _ -",
+            ));
+        }
+        let log_format = match env.get("LOG_FORMAT").as_deref().map(str::trim) {
+            None | Some("json") => LogFormat::Json,
+            Some("pretty") => LogFormat::Pretty,
+            Some(other) => {
+                return Err(error(
+                    "LOG_FORMAT",
+                    format!("expected json or pretty, got `{other}`"),
+                ));
+            }
+        };
+        Ok(Self {
+            database_url,
+            kafka,
+            http_port,
+            max_file_bytes,
+            max_request_bytes,
+            migrate_on_start: flag(env, "FILE_SERVICE_MIGRATE_ON_START")?,
+            orchestrator_url,
+            orchestrator_timeout: millis(env, "BATCH_ORCHESTRATOR_TIMEOUT_MS")?
+                .unwrap_or(Duration::from_secs(5)),
+            processing_concurrency,
+            topic_prefix,
+            create_topics: flag(env, "FILE_SERVICE_CREATE_TOPICS")?,
+            relay: relay_settings(env)?,
+            log_format,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    const DB: (&str, &str) = ("DATABASE_URL", "postgres://u:p@localhost/db");
+
+    #[test]
+    fn defaults_follow_the_contract() {
+        let config = Config::from_env(&env(&[DB])).unwrap();
+        assert_eq!(config.http_port, 7001);
+        assert_eq!(config.max_file_bytes, 10 * 1024 * 1024);
+        assert!(!config.migrate_on_start);
+        assert_eq!(config.orchestrator_url, None);
+        assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(config.log_format, LogFormat::Json);
+        assert_eq!(config.relay, RelaySettings::default());
+    }
+
+    #[test]
+    fn producer_properties_and_relay_settings_come_through() {
+        let config = Config::from_env(&env(&[
+            DB,
+            ("KAFKA_BOOTSTRAP_SERVERS", "k1:9093,k2:9093"),
+            ("KAFKA_PRODUCER_SECURITY_PROTOCOL", "SASL_SSL"),
+            ("KAFKA_PRODUCER_SASL_MECHANISMS", "PLAIN"),
+            ("OUTBOX_BATCH_SIZE", "250"),
+            ("OUTBOX_POLL_INTERVAL_MS", "100"),
+            ("OUTBOX_RETENTION_SECS", "3600"),
+            ("BATCH_ORCHESTRATOR_URL", "http://bos:5000/"),
+            ("LOG_FORMAT", "pretty"),
+            ("FILE_SERVICE_MIGRATE_ON_START", "true"),
+        ]))
+        .unwrap();
+        assert_eq!(config.kafka.property("security.protocol"), Some("SASL_SSL"));
+        assert_eq!(config.kafka.property("sasl.mechanisms"), Some("PLAIN"));
+        assert_eq!(config.kafka.bootstrap_servers, "k1:9093,k2:9093");
+        assert_eq!(config.relay.batch_size, 250);
+        assert_eq!(config.relay.poll_interval, Duration::from_millis(100));
+        assert_eq!(config.relay.retention, Some(Duration::from_secs(3600)));
+        assert_eq!(config.orchestrator_url.as_deref(), Some("http://bos:5000"));
+        assert_eq!(config.log_format, LogFormat::Pretty);
+        assert!(config.migrate_on_start);
+    }
+
+    #[test]
+    fn every_bad_value_is_named() {
+        let cases: &[(&[(&str, &str)], &str)] = &[
+            (&[], "DATABASE_URL"),
+            (&[("DATABASE_URL", "mysql://x")], "DATABASE_URL"),
+            (
+                &[DB, ("FILE_SERVICE_HTTP_PORT", "seventy")],
+                "FILE_SERVICE_HTTP_PORT",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_HTTP_PORT", "70000")],
+                "FILE_SERVICE_HTTP_PORT",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_MAX_FILE_BYTES", "0")],
+                "FILE_SERVICE_MAX_FILE_BYTES",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_MIGRATE_ON_START", "maybe")],
+                "FILE_SERVICE_MIGRATE_ON_START",
+            ),
+            (
+                &[DB, ("BATCH_ORCHESTRATOR_URL", "bos:5000")],
+                "BATCH_ORCHESTRATOR_URL",
+            ),
+            (&[DB, ("OUTBOX_BATCH_SIZE", "-1")], "OUTBOX_BATCH_SIZE"),
+            (&[DB, ("OUTBOX_BATCH_SIZE", "0")], "OUTBOX_*"),
+            (
+                &[DB, ("OUTBOX_POLL_INTERVAL_MS", "soon")],
+                "OUTBOX_POLL_INTERVAL_MS",
+            ),
+            (&[DB, ("LOG_FORMAT", "xml")], "LOG_FORMAT"),
+            (
+                &[DB, ("KAFKA_BOOTSTRAP_SERVERS", " ")],
+                "KAFKA_BOOTSTRAP_SERVERS",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_TOPIC_PREFIX", "a b")],
+                "FILE_SERVICE_TOPIC_PREFIX",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_PROCESSING_CONCURRENCY", "0")],
+                "FILE_SERVICE_PROCESSING_CONCURRENCY",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_MAX_REQUEST_BYTES", "10")],
+                "FILE_SERVICE_MAX_REQUEST_BYTES",
+            ),
+        ];
+        for (pairs, variable) in cases {
+            let error = Config::from_env(&env(pairs)).unwrap_err();
+            assert_eq!(error.variable, *variable, "{error}");
+            assert!(error.to_string().contains(variable));
+        }
+    }
+}

@@ -1,0 +1,579 @@
+//! The four events of the File Service contract, and the publisher that writes them to the
+//! outbox inside the caller's transaction.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use outbox_core::{EventEnvelope, EventId, NewOutboxEvent, OutboxError};
+use outbox_di::OutboxRepository;
+use sea_orm::DatabaseTransaction;
+use serde::{Deserialize, Serialize};
+use shaku::{Component, HasComponent, Interface, Module, ModuleBuildContext};
+use uuid::Uuid;
+
+/// The `source_service` of every envelope.
+pub const SOURCE_SERVICE: &str = "file-service";
+
+/// Topic of [`EssayContentProvisionedV1`] (also its envelope `event_type`).
+pub const ESSAY_CONTENT_PROVISIONED_TOPIC: &str = "huleedu.file.essay.content.provisioned.v1";
+/// Topic of [`EssayValidationFailedV1`].
+pub const ESSAY_VALIDATION_FAILED_TOPIC: &str = "huleedu.file.essay.validation.failed.v1";
+/// Topic of [`BatchFileAddedV1`].
+pub const BATCH_FILE_ADDED_TOPIC: &str = "huleedu.file.batch.file.added.v1";
+/// Topic of [`BatchFileRemovedV1`].
+pub const BATCH_FILE_REMOVED_TOPIC: &str = "huleedu.file.batch.file.removed.v1";
+
+/// Every topic the service writes to.
+pub const TOPICS: [&str; 4] = [
+    ESSAY_CONTENT_PROVISIONED_TOPIC,
+    ESSAY_VALIDATION_FAILED_TOPIC,
+    BATCH_FILE_ADDED_TOPIC,
+    BATCH_FILE_REMOVED_TOPIC,
+];
+
+/// A file was added to a batch (key: the batch id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchFileAddedV1 {
+    /// Always `batch.file.added`.
+    pub event: String,
+    /// The batch.
+    pub batch_id: String,
+    /// The upload.
+    pub file_upload_id: Uuid,
+    /// The original file name.
+    pub filename: String,
+    /// The uploader.
+    pub user_id: String,
+    /// The request's correlation id.
+    pub correlation_id: Uuid,
+    /// When the file was added.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// A file was removed from a batch (key: the batch id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BatchFileRemovedV1 {
+    /// Always `batch.file.removed`.
+    pub event: String,
+    /// The batch.
+    pub batch_id: String,
+    /// The upload.
+    pub file_upload_id: Uuid,
+    /// The file's real name.
+    pub filename: String,
+    /// Who removed it.
+    pub user_id: String,
+    /// The request's correlation id.
+    pub correlation_id: Uuid,
+    /// When it was removed.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// An essay's text was extracted, validated and stored (key: the upload id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EssayContentProvisionedV1 {
+    /// Always `essay.content.provisioned`.
+    pub event: String,
+    /// The batch id.
+    pub entity_id: String,
+    /// The upload.
+    pub file_upload_id: Uuid,
+    /// The original file name.
+    pub original_file_name: String,
+    /// Where the raw bytes are stored.
+    pub raw_file_storage_id: Uuid,
+    /// Where the extracted text is stored.
+    pub text_storage_id: Uuid,
+    /// Size of the raw bytes.
+    pub file_size_bytes: i64,
+    /// Hex MD5 of the raw bytes.
+    pub content_md5_hash: String,
+    /// The upload request's correlation id.
+    pub correlation_id: Uuid,
+    /// When processing finished.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Why an essay was refused.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ValidationErrorDetail {
+    /// The same code as `validation_error_code`.
+    pub error_code: String,
+    /// What was wrong, for people.
+    pub message: String,
+    /// The upload request's correlation id.
+    pub correlation_id: Uuid,
+    /// When it was found.
+    pub timestamp: DateTime<Utc>,
+    /// Always `file-service`.
+    pub service: String,
+    /// The step that failed (`extract_text`, `validate_content`, `store_text`, `load_raw_file`).
+    pub operation: String,
+    /// Machine-readable particulars (for example `{"length": 12, "min_length": 50}`).
+    pub details: serde_json::Value,
+}
+
+/// An essay could not be provisioned (key: the upload id).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EssayValidationFailedV1 {
+    /// Always `essay.validation.failed`.
+    pub event: String,
+    /// The batch id.
+    pub entity_id: String,
+    /// The upload.
+    pub file_upload_id: Uuid,
+    /// The original file name.
+    pub original_file_name: String,
+    /// Where the raw bytes are stored.
+    pub raw_file_storage_id: Uuid,
+    /// One of the contract's codes (`EMPTY_CONTENT`, `CONTENT_TOO_SHORT`, ...).
+    pub validation_error_code: String,
+    /// The particulars.
+    pub validation_error_detail: ValidationErrorDetail,
+    /// Size of the raw bytes.
+    pub file_size_bytes: i64,
+    /// The upload request's correlation id.
+    pub correlation_id: Uuid,
+    /// When processing finished.
+    pub timestamp: DateTime<Utc>,
+}
+
+/// Where an event goes and what it is about.
+struct Route {
+    topic: &'static str,
+    aggregate_type: &'static str,
+    aggregate_id: String,
+    key: String,
+}
+
+/// Builds the outbox event for a payload: the envelope (with `event_type` the topic name,
+/// `source_service` `file-service`, the payload's correlation id and timestamp, and the
+/// traceparent in its metadata) as the value, the contract's key and aggregate, and the topic
+/// with `topic_prefix` in front.
+fn outbox_event<T: Serialize>(
+    route: Route,
+    data: &T,
+    correlation_id: Uuid,
+    timestamp: DateTime<Utc>,
+    traceparent: Option<String>,
+    topic_prefix: &str,
+) -> Result<NewOutboxEvent, OutboxError> {
+    let envelope = EventEnvelope::new(route.topic, SOURCE_SERVICE, data)
+        .with_correlation_id(correlation_id)
+        .with_timestamp(timestamp)
+        .with_traceparent(traceparent);
+    Ok(envelope
+        .into_outbox_event(route.aggregate_type, route.aggregate_id)?
+        .with_key(route.key)
+        .with_topic(format!("{topic_prefix}{}", route.topic)))
+}
+
+/// The outbox event for [`BatchFileAddedV1`].
+pub fn batch_file_added_event(
+    payload: &BatchFileAddedV1,
+    traceparent: Option<String>,
+    topic_prefix: &str,
+) -> Result<NewOutboxEvent, OutboxError> {
+    let route = Route {
+        topic: BATCH_FILE_ADDED_TOPIC,
+        aggregate_type: "batch",
+        aggregate_id: payload.batch_id.clone(),
+        key: payload.batch_id.clone(),
+    };
+    outbox_event(
+        route,
+        payload,
+        payload.correlation_id,
+        payload.timestamp,
+        traceparent,
+        topic_prefix,
+    )
+}
+
+/// The outbox event for [`BatchFileRemovedV1`].
+pub fn batch_file_removed_event(
+    payload: &BatchFileRemovedV1,
+    traceparent: Option<String>,
+    topic_prefix: &str,
+) -> Result<NewOutboxEvent, OutboxError> {
+    let route = Route {
+        topic: BATCH_FILE_REMOVED_TOPIC,
+        aggregate_type: "batch",
+        aggregate_id: payload.batch_id.clone(),
+        key: payload.batch_id.clone(),
+    };
+    outbox_event(
+        route,
+        payload,
+        payload.correlation_id,
+        payload.timestamp,
+        traceparent,
+        topic_prefix,
+    )
+}
+
+/// The outbox event for [`EssayContentProvisionedV1`].
+pub fn essay_content_provisioned_event(
+    payload: &EssayContentProvisionedV1,
+    traceparent: Option<String>,
+    topic_prefix: &str,
+) -> Result<NewOutboxEvent, OutboxError> {
+    let route = Route {
+        topic: ESSAY_CONTENT_PROVISIONED_TOPIC,
+        aggregate_type: "file_upload",
+        aggregate_id: payload.file_upload_id.to_string(),
+        key: payload.file_upload_id.to_string(),
+    };
+    outbox_event(
+        route,
+        payload,
+        payload.correlation_id,
+        payload.timestamp,
+        traceparent,
+        topic_prefix,
+    )
+}
+
+/// The outbox event for [`EssayValidationFailedV1`].
+pub fn essay_validation_failed_event(
+    payload: &EssayValidationFailedV1,
+    traceparent: Option<String>,
+    topic_prefix: &str,
+) -> Result<NewOutboxEvent, OutboxError> {
+    let route = Route {
+        topic: ESSAY_VALIDATION_FAILED_TOPIC,
+        aggregate_type: "file_upload",
+        aggregate_id: payload.file_upload_id.to_string(),
+        key: payload.file_upload_id.to_string(),
+    };
+    outbox_event(
+        route,
+        payload,
+        payload.correlation_id,
+        payload.timestamp,
+        traceparent,
+        topic_prefix,
+    )
+}
+
+/// Publishes the service's events. Every method writes to the outbox on `txn`, so the event
+/// exists if and only if the caller's business change commits; nothing goes to Kafka directly.
+#[async_trait]
+pub trait FileEventPublisher: Interface {
+    /// Writes [`BatchFileAddedV1`].
+    async fn batch_file_added(
+        &self,
+        txn: &DatabaseTransaction,
+        payload: &BatchFileAddedV1,
+        traceparent: Option<String>,
+    ) -> Result<EventId, OutboxError>;
+
+    /// Writes [`BatchFileRemovedV1`].
+    async fn batch_file_removed(
+        &self,
+        txn: &DatabaseTransaction,
+        payload: &BatchFileRemovedV1,
+        traceparent: Option<String>,
+    ) -> Result<EventId, OutboxError>;
+
+    /// Writes [`EssayContentProvisionedV1`].
+    async fn essay_content_provisioned(
+        &self,
+        txn: &DatabaseTransaction,
+        payload: &EssayContentProvisionedV1,
+        traceparent: Option<String>,
+    ) -> Result<EventId, OutboxError>;
+
+    /// Writes [`EssayValidationFailedV1`].
+    async fn essay_validation_failed(
+        &self,
+        txn: &DatabaseTransaction,
+        payload: &EssayValidationFailedV1,
+        traceparent: Option<String>,
+    ) -> Result<EventId, OutboxError>;
+}
+
+/// [`FileEventPublisher`] over the injected outbox repository.
+pub struct OutboxFileEventPublisher {
+    outbox: Arc<dyn OutboxRepository>,
+    topic_prefix: String,
+}
+
+impl std::fmt::Debug for OutboxFileEventPublisher {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutboxFileEventPublisher")
+            .field("topic_prefix", &self.topic_prefix)
+            .finish_non_exhaustive()
+    }
+}
+
+impl OutboxFileEventPublisher {
+    /// A publisher writing through `outbox`, with `topic_prefix` before every topic.
+    pub fn new(outbox: Arc<dyn OutboxRepository>, topic_prefix: impl Into<String>) -> Self {
+        Self {
+            outbox,
+            topic_prefix: topic_prefix.into(),
+        }
+    }
+
+    async fn add(
+        &self,
+        txn: &DatabaseTransaction,
+        event: Result<NewOutboxEvent, OutboxError>,
+    ) -> Result<EventId, OutboxError> {
+        self.outbox.add_event(txn, event?).await
+    }
+}
+
+/// Parameters of [`OutboxFileEventPublisher`] in the service's module.
+#[derive(Debug, Default)]
+pub struct OutboxFileEventPublisherParameters {
+    /// Put before every topic name.
+    pub topic_prefix: String,
+}
+
+impl<M> Component<M> for OutboxFileEventPublisher
+where
+    M: Module + HasComponent<dyn OutboxRepository>,
+{
+    type Interface = dyn FileEventPublisher;
+    type Parameters = OutboxFileEventPublisherParameters;
+
+    fn build(
+        context: &mut ModuleBuildContext<M>,
+        params: Self::Parameters,
+    ) -> Box<dyn FileEventPublisher> {
+        Box::new(Self::new(M::build_component(context), params.topic_prefix))
+    }
+}
+
+#[async_trait]
+impl FileEventPublisher for OutboxFileEventPublisher {
+    async fn batch_file_added(
+        &self,
+        txn: &DatabaseTransaction,
+        payload: &BatchFileAddedV1,
+        traceparent: Option<String>,
+    ) -> Result<EventId, OutboxError> {
+        self.add(
+            txn,
+            batch_file_added_event(payload, traceparent, &self.topic_prefix),
+        )
+        .await
+    }
+
+    async fn batch_file_removed(
+        &self,
+        txn: &DatabaseTransaction,
+        payload: &BatchFileRemovedV1,
+        traceparent: Option<String>,
+    ) -> Result<EventId, OutboxError> {
+        self.add(
+            txn,
+            batch_file_removed_event(payload, traceparent, &self.topic_prefix),
+        )
+        .await
+    }
+
+    async fn essay_content_provisioned(
+        &self,
+        txn: &DatabaseTransaction,
+        payload: &EssayContentProvisionedV1,
+        traceparent: Option<String>,
+    ) -> Result<EventId, OutboxError> {
+        self.add(
+            txn,
+            essay_content_provisioned_event(payload, traceparent, &self.topic_prefix),
+        )
+        .await
+    }
+
+    async fn essay_validation_failed(
+        &self,
+        txn: &DatabaseTransaction,
+        payload: &EssayValidationFailedV1,
+        traceparent: Option<String>,
+    ) -> Result<EventId, OutboxError> {
+        self.add(
+            txn,
+            essay_validation_failed_event(payload, traceparent, &self.topic_prefix),
+        )
+        .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+
+    const TRACE: &str = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+
+    fn envelope(event: &NewOutboxEvent) -> Value {
+        serde_json::from_slice(&event.payload).unwrap()
+    }
+
+    fn now() -> DateTime<Utc> {
+        "2026-11-27T10:00:00.123456Z".parse().unwrap()
+    }
+
+    fn check_envelope(event: &NewOutboxEvent, topic: &str, correlation: Uuid) -> Value {
+        let value = envelope(event);
+        assert_eq!(
+            value["event_id"],
+            event.event_id.to_string(),
+            "the row's own id"
+        );
+        assert_eq!(value["event_type"], topic);
+        assert_eq!(value["source_service"], "file-service");
+        assert_eq!(value["correlation_id"], correlation.to_string());
+        assert_eq!(value["schema_version"], 1);
+        assert_eq!(value["event_timestamp"], "2026-11-27T10:00:00.123456Z");
+        assert_eq!(value["metadata"]["traceparent"], TRACE);
+        assert_eq!(value["data"]["correlation_id"], value["correlation_id"]);
+        assert_eq!(event.headers["content-type"], "application/json");
+        assert_eq!(event.headers["traceparent"], TRACE);
+        assert_eq!(event.event_type, topic);
+        value
+    }
+
+    #[test]
+    fn batch_file_added_goes_to_its_topic_keyed_by_batch() {
+        let correlation = Uuid::new_v4();
+        let upload = Uuid::new_v4();
+        let payload = BatchFileAddedV1 {
+            event: "batch.file.added".into(),
+            batch_id: "b-1".into(),
+            file_upload_id: upload,
+            filename: "essay.txt".into(),
+            user_id: "u-1".into(),
+            correlation_id: correlation,
+            timestamp: now(),
+        };
+        let event = batch_file_added_event(&payload, Some(TRACE.into()), "").unwrap();
+        assert_eq!(event.topic.as_deref(), Some(BATCH_FILE_ADDED_TOPIC));
+        assert_eq!(event.key(), "b-1");
+        assert_eq!(
+            (event.aggregate_type.as_str(), event.aggregate_id.as_str()),
+            ("batch", "b-1")
+        );
+        let value = check_envelope(&event, BATCH_FILE_ADDED_TOPIC, correlation);
+        assert_eq!(value["data"]["event"], "batch.file.added");
+        assert_eq!(value["data"]["file_upload_id"], upload.to_string());
+        assert_eq!(value["data"]["filename"], "essay.txt");
+        assert_eq!(value["data"]["user_id"], "u-1");
+        assert_eq!(value["data"]["timestamp"], "2026-11-27T10:00:00.123456Z");
+    }
+
+    #[test]
+    fn batch_file_removed_goes_to_its_topic_keyed_by_batch() {
+        let correlation = Uuid::new_v4();
+        let payload = BatchFileRemovedV1 {
+            event: "batch.file.removed".into(),
+            batch_id: "b-2".into(),
+            file_upload_id: Uuid::new_v4(),
+            filename: "real name.docx".into(),
+            user_id: "u-1".into(),
+            correlation_id: correlation,
+            timestamp: now(),
+        };
+        let event = batch_file_removed_event(&payload, Some(TRACE.into()), "test.").unwrap();
+        assert_eq!(
+            event.topic.as_deref(),
+            Some("test.huleedu.file.batch.file.removed.v1")
+        );
+        assert_eq!(event.key(), "b-2");
+        assert_eq!(event.aggregate_type, "batch");
+        let value = check_envelope(&event, BATCH_FILE_REMOVED_TOPIC, correlation);
+        assert_eq!(value["data"]["event"], "batch.file.removed");
+        assert_eq!(value["data"]["filename"], "real name.docx");
+    }
+
+    #[test]
+    fn essay_content_provisioned_is_keyed_by_upload() {
+        let correlation = Uuid::new_v4();
+        let upload = Uuid::new_v4();
+        let payload = EssayContentProvisionedV1 {
+            event: "essay.content.provisioned".into(),
+            entity_id: "b-3".into(),
+            file_upload_id: upload,
+            original_file_name: "e.pdf".into(),
+            raw_file_storage_id: Uuid::new_v4(),
+            text_storage_id: Uuid::new_v4(),
+            file_size_bytes: 1234,
+            content_md5_hash: "d41d8cd98f00b204e9800998ecf8427e".into(),
+            correlation_id: correlation,
+            timestamp: now(),
+        };
+        let event = essay_content_provisioned_event(&payload, Some(TRACE.into()), "").unwrap();
+        assert_eq!(
+            event.topic.as_deref(),
+            Some(ESSAY_CONTENT_PROVISIONED_TOPIC)
+        );
+        assert_eq!(event.key(), upload.to_string());
+        assert_eq!(event.aggregate_type, "file_upload");
+        let value = check_envelope(&event, ESSAY_CONTENT_PROVISIONED_TOPIC, correlation);
+        let data = &value["data"];
+        for field in [
+            "event",
+            "entity_id",
+            "file_upload_id",
+            "original_file_name",
+            "raw_file_storage_id",
+            "text_storage_id",
+            "file_size_bytes",
+            "content_md5_hash",
+            "correlation_id",
+            "timestamp",
+        ] {
+            assert!(data.get(field).is_some(), "missing {field}");
+        }
+        assert_eq!(data["event"], "essay.content.provisioned");
+        assert_eq!(data["entity_id"], "b-3");
+        assert_eq!(data["file_size_bytes"], 1234);
+    }
+
+    #[test]
+    fn essay_validation_failed_is_keyed_by_upload_and_carries_the_detail() {
+        let correlation = Uuid::new_v4();
+        let upload = Uuid::new_v4();
+        let payload = EssayValidationFailedV1 {
+            event: "essay.validation.failed".into(),
+            entity_id: "b-4".into(),
+            file_upload_id: upload,
+            original_file_name: "short.txt".into(),
+            raw_file_storage_id: Uuid::new_v4(),
+            validation_error_code: "CONTENT_TOO_SHORT".into(),
+            validation_error_detail: ValidationErrorDetail {
+                error_code: "CONTENT_TOO_SHORT".into(),
+                message: "12 characters; at least 50 are needed".into(),
+                correlation_id: correlation,
+                timestamp: now(),
+                service: SOURCE_SERVICE.into(),
+                operation: "validate_content".into(),
+                details: serde_json::json!({"length": 12, "min_length": 50}),
+            },
+            file_size_bytes: 12,
+            correlation_id: correlation,
+            timestamp: now(),
+        };
+        let event = essay_validation_failed_event(&payload, None, "").unwrap();
+        assert_eq!(event.topic.as_deref(), Some(ESSAY_VALIDATION_FAILED_TOPIC));
+        assert_eq!(event.key(), upload.to_string());
+        assert!(
+            !event.headers.contains_key("traceparent"),
+            "no span, no traceparent"
+        );
+        let value = envelope(&event);
+        assert_eq!(value["event_type"], ESSAY_VALIDATION_FAILED_TOPIC);
+        assert!(value["metadata"].get("traceparent").is_none());
+        let detail = &value["data"]["validation_error_detail"];
+        assert_eq!(value["data"]["validation_error_code"], "CONTENT_TOO_SHORT");
+        assert_eq!(detail["error_code"], "CONTENT_TOO_SHORT");
+        assert_eq!(detail["service"], "file-service");
+        assert_eq!(detail["operation"], "validate_content");
+        assert_eq!(detail["details"]["min_length"], 50);
+        assert_eq!(detail["correlation_id"], correlation.to_string());
+    }
+}

@@ -1,0 +1,96 @@
+//! `file-service`: `serve` (the default) runs the service; `migrate up|down|status` manages its
+//! database. Configuration comes from the environment (see the README of this crate).
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use file_service::config::{Config, LogFormat, ProcessEnv};
+use file_service::db::Migrator;
+use sea_orm_migration::MigratorTrait;
+
+/// The File Service.
+#[derive(Debug, Parser)]
+#[command(name = "file-service", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Serve HTTP, run the relay and process uploads (the default).
+    Serve,
+    /// Apply, revert or list database migrations (the outbox table included).
+    Migrate {
+        /// What to do.
+        #[arg(value_enum)]
+        action: MigrateAction,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum MigrateAction {
+    /// Apply every pending migration.
+    Up,
+    /// Revert the last applied migration.
+    Down,
+    /// List migrations and whether each is applied.
+    Status,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Pretty => builder.init(),
+    }
+}
+
+async fn migrate(config: &Config, action: MigrateAction) -> Result<(), Box<dyn std::error::Error>> {
+    let db = file_service::app::connect(config).await?;
+    match action {
+        MigrateAction::Up => {
+            Migrator::up(&db, None).await?;
+            println!("migrations applied");
+        }
+        MigrateAction::Down => {
+            Migrator::down(&db, Some(1)).await?;
+            println!("last migration reverted");
+        }
+        MigrateAction::Status => {
+            for migration in Migrator::get_migration_with_status(&db).await? {
+                println!("{:?}\t{}", migration.status(), migration.name());
+            }
+        }
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = match Config::from_env(&ProcessEnv) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("file-service: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_logging(config.log_format);
+    let result = match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => file_service::app::serve(config)
+            .await
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
+        Command::Migrate { action } => migrate(&config, action).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(error = %e, "file-service failed");
+            eprintln!("file-service: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
