@@ -12,10 +12,12 @@
 //! - [`access`]: batch ownership and locks from the Batch Orchestrator, or local ownership;
 //! - [`db`]: the tables, their migration and the migrator that includes the outbox's;
 //! - [`module`]: the shaku module, with the outbox module as a submodule;
-//! - [`config`] and [`app`]: configuration from the environment, wiring, and `serve`.
+//! - [`config`] and [`app`]: configuration from the environment, wiring, and `serve`;
+//! - [`admin`]: `file-service outbox ...`, the operator's commands for the outbox.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access;
+pub mod admin;
 pub mod app;
 pub mod config;
 pub mod db;

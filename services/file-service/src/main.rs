@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use file_service::admin::OutboxCommand;
 use file_service::config::{Config, LogFormat, ProcessEnv};
 use file_service::db::Migrator;
 use sea_orm_migration::MigratorTrait;
@@ -26,6 +27,12 @@ enum Command {
         #[arg(value_enum)]
         action: MigrateAction,
     },
+    /// Inspect the outbox and repair dead letters (prints JSON lines).
+    Outbox {
+        /// What to do.
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -41,7 +48,10 @@ enum MigrateAction {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    // Logs go to stderr, so the JSON the `outbox` commands print on stdout stays clean.
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     match format {
         LogFormat::Json => builder.json().flatten_event(true).init(),
         LogFormat::Pretty => builder.init(),
@@ -68,6 +78,15 @@ async fn migrate(config: &Config, action: MigrateAction) -> Result<(), Box<dyn s
     Ok(())
 }
 
+async fn outbox(
+    config: &Config,
+    command: &OutboxCommand,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let db = file_service::app::connect(config).await?;
+    file_service::admin::run(db, command, &mut std::io::stdout()).await?;
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -84,6 +103,7 @@ async fn main() -> ExitCode {
             .await
             .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
         Command::Migrate { action } => migrate(&config, action).await,
+        Command::Outbox { command } => outbox(&config, &command).await,
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
