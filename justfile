@@ -31,11 +31,22 @@ test:
 test-integration *args:
     scripts/test.sh {{args}}
 
-# Formatting, lints and docs, as CI checks them.
+# Formatting, lints, docs and alert rules, as CI checks them.
 lint:
     cargo fmt --all -- --check
     cargo clippy --workspace --all-targets -- -D warnings
     RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps
+    promtool check rules ops/prometheus/outbox-alerts.yml
+    cd ops/prometheus && promtool test rules outbox-alerts.test.yml
+
+# Refresh the implementation guide's code blocks from the code they quote.
+docs-sync:
+    python3 scripts/docs_sync.py docs/implementation_guide.md
+
+# Line coverage of the library (cargo-tarpaulin), per file; the repository and the relay worker
+# are held to 100%.
+coverage:
+    scripts/coverage.sh
 
 # What CI runs.
 ci:

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages this project needs on a fresh Debian machine, skipping what is there:
 # PostgreSQL 15 (the server the tests and the service use), Java 17 and Maven (to fetch and run the
-# Apache Kafka broker), and what rdkafka's bundled librdkafka builds with.
+# Apache Kafka broker), what rdkafka's bundled librdkafka builds with, and promtool.
 set -euo pipefail
 
 need=()
@@ -16,6 +16,8 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 have_pkg libssl-dev || need+=(libssl-dev)
 have_pkg zlib1g-dev || need+=(zlib1g-dev)
 command -v curl >/dev/null || need+=(curl)
+# promtool checks the alert rules in ops/prometheus (Debian ships it in the prometheus package).
+command -v promtool >/dev/null || need+=(prometheus)
 
 if [ ${#need[@]} -gt 0 ]; then
   echo "bootstrap: installing ${need[*]}"
