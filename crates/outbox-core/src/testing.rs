@@ -68,6 +68,8 @@ pub struct MemoryStore {
     held: AtomicBool,
     /// Store calls fail while this is `true` (a database outage).
     pub unavailable: AtomicBool,
+    /// The next this many `acknowledge` calls fail with a database error.
+    pub failing_acks: AtomicUsize,
     /// Number of store calls made through this handle (a database query count).
     pub calls: AtomicUsize,
     /// Number of `claim_batch` calls through this handle.
@@ -93,6 +95,7 @@ impl MemoryStore {
             retain,
             held: AtomicBool::new(false),
             unavailable: AtomicBool::new(false),
+            failing_acks: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
             claims: AtomicUsize::new(0),
         })
@@ -294,10 +297,12 @@ impl DeadLetterStore for MemoryStore {
 #[async_trait]
 impl RelayStore for MemoryStore {
     async fn acquire_leadership(&self) -> Result<bool, OutboxError> {
-        self.call()?;
+        // Like a PostgreSQL session holding the lock: no query while the handle believes it
+        // leads.
         if self.held.load(Ordering::SeqCst) {
             return Ok(true);
         }
+        self.call()?;
         let mut leader = lock(&self.shared.leader);
         let leads = match *leader {
             None => {
@@ -349,6 +354,15 @@ impl RelayStore for MemoryStore {
 
     async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError> {
         self.call()?;
+        if self
+            .failing_acks
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(OutboxError::database(std::io::Error::other(
+                "acknowledgement failed",
+            )));
+        }
         self.leading()?;
         let mut rows = lock(&self.shared.rows);
         let mut n = 0;
@@ -435,6 +449,8 @@ enum Behaviour {
     Down,
     /// Sends wait until [`MemoryPublisher::release`] or an abort.
     Hang,
+    /// Sends never complete, aborted or not (a broken client).
+    Stuck,
 }
 
 /// A publisher that records what it delivers, with switches for failures.
@@ -452,6 +468,10 @@ pub struct MemoryPublisher {
     pub publishes: AtomicUsize,
     /// Number of `flush` calls.
     pub flushes: AtomicUsize,
+    /// `flush` fails while this is `true`.
+    pub failing_flush: AtomicBool,
+    /// `publish` returns this many results fewer than events (a buggy publisher).
+    pub missing_results: AtomicUsize,
 }
 
 impl MemoryPublisher {
@@ -483,6 +503,11 @@ impl MemoryPublisher {
     pub fn hang(&self) {
         self.aborted.store(false, Ordering::SeqCst);
         *lock(&self.behaviour) = Behaviour::Hang;
+    }
+
+    /// Makes sends never complete, even when aborted.
+    pub fn get_stuck(&self) {
+        *lock(&self.behaviour) = Behaviour::Stuck;
     }
 
     /// Lets hanging sends complete, and later ones deliver at once.
@@ -526,11 +551,13 @@ impl EventPublisher for MemoryPublisher {
                         .collect();
                 }
             }
+            Behaviour::Stuck => std::future::pending::<()>().await,
             Behaviour::Deliver => {}
         }
         let rejected = lock(&self.rejected_types).clone();
+        let missing = self.missing_results.load(Ordering::SeqCst);
         let mut delivered = lock(&self.delivered);
-        events
+        events[..events.len().saturating_sub(missing)]
             .iter()
             .map(|event| {
                 if rejected.contains(&event.event_type) {
@@ -547,6 +574,9 @@ impl EventPublisher for MemoryPublisher {
 
     async fn flush(&self, _timeout: Duration) -> Result<(), PublishError> {
         self.flushes.fetch_add(1, Ordering::SeqCst);
+        if self.failing_flush.load(Ordering::SeqCst) {
+            return Err(PublishError::transient("flush timed out"));
+        }
         Ok(())
     }
 

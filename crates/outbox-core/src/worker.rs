@@ -262,10 +262,8 @@ impl EventRelayWorker {
                     "outbox relay shutdown timed out; aborting sends still in flight"
                 );
                 self.shared.publisher.abort_in_flight();
-                if tokio::time::timeout(Duration::from_secs(10), &mut relay)
-                    .await
-                    .is_err()
-                {
+                // A publisher that ignores the abort does not get to hang shutdown for good.
+                if tokio::time::timeout(timeout, &mut relay).await.is_err() {
                     relay.abort();
                 }
                 Err(OutboxError::ShutdownTimedOut {
@@ -383,10 +381,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
             }
             Err(e) => {
                 shared.set_leader(false);
-                let delay = transient.next();
-                shared.record_error(ErrorClass::Transient, &e);
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot reach the store");
-                sleep_or_stop(delay, &mut stop).await;
+                store_failed(&shared, e, "acquire leadership", &mut transient, &mut stop).await;
                 continue;
             }
         }
@@ -394,29 +389,15 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
         if let Some(outcome) = unwritten.take()
             && let Err(e) = write_back(&shared, &outcome).await
         {
-            shared.record_error(ErrorClass::Transient, &e);
             unwritten = Some(outcome);
-            if matches!(e, OutboxError::LeadershipLost) {
-                yield_leadership(&shared, &mut stop).await;
-            } else {
-                let delay = transient.next();
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot acknowledge a batch; retrying");
-                sleep_or_stop(delay, &mut stop).await;
-            }
+            store_failed(&shared, e, "acknowledge", &mut transient, &mut stop).await;
             continue;
         }
 
         let batch = match shared.store.claim_batch(settings.batch_size).await {
             Ok(batch) => batch,
             Err(e) => {
-                shared.record_error(ErrorClass::Transient, &e);
-                if matches!(e, OutboxError::LeadershipLost) {
-                    yield_leadership(&shared, &mut stop).await;
-                } else {
-                    let delay = transient.next();
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "outbox relay cannot claim a batch");
-                    sleep_or_stop(delay, &mut stop).await;
-                }
+                store_failed(&shared, e, "claim", &mut transient, &mut stop).await;
                 continue;
             }
         };
@@ -426,9 +407,7 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
             .set(now.timestamp_millis() as f64 / 1000.0);
 
         if batch.is_empty() {
-            if transient.failures() > 0 {
-                transient.reset();
-            }
+            transient.reset();
             wait_for_work(&shared, idle, &mut stop).await;
             idle = (idle * 2).min(settings.poll_interval);
             continue;
@@ -438,19 +417,14 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
         let full = batch.len() >= settings.batch_size;
         let outcome = publish_batch(&shared, &batch).await;
         let transient_error = outcome.transient_error.clone();
-        let mut lost_leadership = false;
-        match write_back(&shared, &outcome).await {
-            Ok(()) => {}
-            Err(e) => {
-                shared.record_error(ErrorClass::Transient, &e);
-                lost_leadership = matches!(e, OutboxError::LeadershipLost);
-                warn!(error = %e, "outbox relay cannot acknowledge a batch; will retry before claiming again");
-                unwritten = Some(outcome);
-            }
-        }
+        let written = write_back(&shared, &outcome).await;
         metrics::histogram!(m::RELAY_BATCH_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
-
+        if let Err(e) = written {
+            unwritten = Some(outcome);
+            store_failed(&shared, e, "acknowledge", &mut transient, &mut stop).await;
+            continue;
+        }
         if let Some(error) = transient_error {
             let delay = transient.next();
             warn!(
@@ -460,34 +434,48 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
                 "outbox relay backing off after a transient publish failure"
             );
             sleep_or_stop(delay, &mut stop).await;
-        } else if lost_leadership {
-            yield_leadership(&shared, &mut stop).await;
-        } else if unwritten.is_some() {
-            sleep_or_stop(transient.next(), &mut stop).await;
-        } else {
-            transient.reset();
-            if full {
-                idle = settings.min_poll_interval;
-            } else {
-                // The backlog is drained: wait briefly for more, or for a wake-up.
-                idle = settings.min_poll_interval;
-                wait_for_work(&shared, idle, &mut stop).await;
-            }
+            continue;
+        }
+        transient.reset();
+        idle = settings.min_poll_interval;
+        if !full {
+            // The backlog is drained: wait briefly for more, or for a wake-up.
+            wait_for_work(&shared, idle, &mut stop).await;
         }
     }
 
     shutdown(&shared, unwritten).await
 }
 
+/// After a store operation failed: a lost leadership session yields to the standbys; anything
+/// else (the database unavailable) backs off.
+async fn store_failed(
+    shared: &Shared,
+    error: OutboxError,
+    operation: &'static str,
+    transient: &mut Backoff,
+    stop: &mut watch::Receiver<bool>,
+) {
+    shared.record_error(ErrorClass::Transient, &error);
+    if matches!(error, OutboxError::LeadershipLost) {
+        yield_leadership(shared, stop).await;
+    } else {
+        let delay = transient.next();
+        warn!(
+            error = %error,
+            operation,
+            retry_in_ms = delay.as_millis() as u64,
+            "outbox relay cannot reach the store; backing off"
+        );
+        sleep_or_stop(delay, stop).await;
+    }
+}
+
 /// After losing the leadership session involuntarily, stays away for two leadership retry
 /// intervals: a healthy standby, which retries every interval, takes over, instead of the relay
 /// whose session just died winning the lock straight back.
 async fn yield_leadership(shared: &Shared, stop: &mut watch::Receiver<bool>) {
-    {
-        let mut status = shared.status();
-        status.leader = false;
-    }
-    metrics::gauge!(m::RELAY_LEADER).set(0.0);
+    shared.set_leader(false);
     warn!("outbox relay lost its leadership session; yielding to standby relays");
     sleep_or_stop(shared.settings.leader_retry_interval * 2, stop).await;
 }

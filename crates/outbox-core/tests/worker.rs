@@ -14,7 +14,21 @@ use outbox_core::{
     RelayStore,
 };
 
+/// Every log line of the relay is built (its fields evaluated) and thrown away, as in a service
+/// running at `debug`.
+fn quiet_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(std::io::sink)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
 fn fast() -> RelaySettings {
+    quiet_logs();
     RelaySettings::default()
         .with_batch_size(10)
         .with_min_poll_interval(Duration::from_millis(5))
@@ -596,4 +610,283 @@ async fn metrics_report_the_backlog_relays_errors_and_dead_letters() {
             "{histogram} was never recorded"
         );
     }
+}
+
+#[tokio::test]
+async fn the_worker_shows_its_settings_and_takes_a_notifier_made_before_it() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let notifier = outbox_core::RelayNotifier::new();
+    let settings = fast()
+        .with_min_poll_interval(Duration::from_secs(30))
+        .with_poll_interval(Duration::from_secs(30));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings)
+        .unwrap()
+        .with_notifier(notifier.clone());
+    assert_eq!(worker.settings().poll_interval, Duration::from_secs(30));
+    assert!(format!("{worker:?}").contains("EventRelayWorker"));
+    worker.start().unwrap();
+    until("first poll", || store.claims.load(Ordering::SeqCst) >= 1).await;
+    store.add(event("a", 0));
+    notifier.notify();
+    until("woken through the early notifier", || {
+        publisher.delivered().len() == 1
+    })
+    .await;
+    let relay: &dyn OutboxRelay = &worker;
+    store.add(event("a", 1));
+    relay.notifier().notify();
+    until("woken through the trait", || {
+        publisher.delivered().len() == 2
+    })
+    .await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn dropping_a_running_worker_stops_it_and_frees_the_leadership() {
+    let store = MemoryStore::new();
+    let other = store.handle();
+    let worker = EventRelayWorker::new(store.clone(), MemoryPublisher::new(), fast()).unwrap();
+    worker.start().unwrap();
+    until("leading", || worker.status().leader).await;
+    drop(worker);
+    let mut freed = false;
+    for _ in 0..200 {
+        if other.acquire_leadership().await.unwrap() {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        freed,
+        "the dropped worker released the leadership on its way out"
+    );
+}
+
+#[tokio::test]
+async fn stop_gives_up_on_a_publisher_that_ignores_the_abort() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    publisher.get_stuck();
+    store.add(event("a", 0));
+    let settings = fast().with_shutdown_timeout(Duration::from_millis(100));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+    until("a batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        worker.stop().await,
+        Err(OutboxError::ShutdownTimedOut {
+            unacknowledged: 1,
+            ..
+        })
+    ));
+    assert!(started.elapsed() < Duration::from_secs(2));
+    assert_eq!(store.pending(), 1);
+}
+
+#[tokio::test]
+async fn a_relay_that_loses_its_session_mid_batch_leaves_the_batch_to_the_new_leader() {
+    let store = MemoryStore::new();
+    let standby = store.handle();
+    let publisher = MemoryPublisher::new();
+    for n in 0..3 {
+        store.add(event("a", n));
+    }
+    publisher.hang();
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    worker.start().unwrap();
+    until("a batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    // The session dies while Kafka has the batch; a standby takes the lock at once.
+    store.revoke_leadership();
+    assert!(standby.acquire_leadership().await.unwrap());
+    publisher.release();
+    until("the old leader stepped down", || {
+        publisher.delivered().len() == 3 && !worker.status().leader
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        store.pending(),
+        3,
+        "it could not acknowledge: the new leader sends them again"
+    );
+    standby.release_leadership().await.unwrap();
+    until("sent again", || store.pending() == 0).await;
+    worker.stop().await.unwrap();
+    assert_eq!(
+        publisher.delivered().len(),
+        6,
+        "one batch of duplicates, same event ids"
+    );
+    let ids = publisher.delivered_ids();
+    assert_eq!(ids[..3], ids[3..]);
+}
+
+#[tokio::test]
+async fn a_failed_acknowledgement_is_retried_before_anything_is_claimed_again() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    for n in 0..5 {
+        store.add(event("a", n));
+    }
+    store.failing_acks.store(2, Ordering::SeqCst);
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    worker.start().unwrap();
+    until("acknowledged in the end", || store.pending() == 0).await;
+    worker.stop().await.unwrap();
+    assert_eq!(
+        publisher.delivered().len(),
+        5,
+        "no duplicates: nothing was claimed twice"
+    );
+    assert_eq!(publisher.publishes.load(Ordering::SeqCst), 1);
+}
+
+#[tokio::test]
+async fn stop_reports_a_batch_it_could_not_acknowledge() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    for n in 0..4 {
+        store.add(event("a", n));
+    }
+    publisher.hang();
+    store.failing_acks.store(1000, Ordering::SeqCst);
+    let worker = Arc::new(EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap());
+    worker.start().unwrap();
+    until("a batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stopping = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.stop().await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publisher.release();
+    match stopping.await.unwrap() {
+        Err(OutboxError::ShutdownTimedOut { unacknowledged, .. }) => assert_eq!(unacknowledged, 4),
+        other => panic!("expected the unacknowledged batch to be reported, got {other:?}"),
+    }
+    assert_eq!(store.pending(), 4, "the events stay for the next relay");
+}
+
+#[tokio::test]
+async fn stop_reports_a_publisher_that_does_not_flush_and_survives_a_failed_release() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    publisher.failing_flush.store(true, Ordering::SeqCst);
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    worker.start().unwrap();
+    until("leading", || worker.status().leader).await;
+    store.unavailable.store(true, Ordering::SeqCst);
+    assert!(matches!(worker.stop().await, Err(OutboxError::Publish(_))));
+    assert!(!worker.status().running);
+}
+
+#[tokio::test]
+async fn a_publisher_that_returns_too_few_results_leaves_the_rest_pending() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    publisher.missing_results.store(1, Ordering::SeqCst);
+    for n in 0..3 {
+        store.add(event("a", n));
+    }
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    worker.start().unwrap();
+    until("the first batch", || {
+        publisher.publishes.load(Ordering::SeqCst) >= 1
+    })
+    .await;
+    until("its error recorded", || {
+        worker
+            .status()
+            .last_error
+            .is_some_and(|e| e.contains("no result"))
+    })
+    .await;
+    publisher.missing_results.store(0, Ordering::SeqCst);
+    until("everything delivered", || store.pending() == 0).await;
+    worker.stop().await.unwrap();
+    assert_eq!(payloads(&publisher), ["a:0", "a:1", "a:2"]);
+}
+
+#[tokio::test]
+async fn an_event_refused_after_sending_does_not_hold_back_what_was_already_sent() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    publisher
+        .rejected_types
+        .lock()
+        .unwrap()
+        .push("Refused".into());
+    let refused =
+        store.add(NewOutboxEvent::new("t", "k", "Refused", b"x".to_vec()).with_topic("things"));
+    store.add(NewOutboxEvent::new("t", "k", "Fine", b"y".to_vec()).with_topic("things"));
+    let worker = EventRelayWorker::new(
+        store.clone(),
+        publisher.clone(),
+        fast().with_max_attempts(1),
+    )
+    .unwrap();
+    worker.start().unwrap();
+    until("the refused one parked", || {
+        store
+            .row(refused)
+            .is_some_and(|r| r.dead_lettered_at.is_some())
+    })
+    .await;
+    until("the other delivered", || publisher.delivered().len() == 1).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn cleanup_deletes_in_bounded_batches_and_survives_a_database_blip() {
+    let store = MemoryStore::with_retention(Duration::from_millis(50));
+    let publisher = MemoryPublisher::new();
+    for n in 0..5 {
+        store.add(event(&format!("k{n}"), n));
+    }
+    let settings = fast()
+        .with_retention(Some(Duration::from_millis(50)))
+        .with_cleanup_batch_size(2)
+        .with_cleanup_interval(Duration::from_millis(20))
+        .with_stats_interval(Duration::from_millis(20));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings)
+        .unwrap()
+        .with_cleanup(store.clone());
+    worker.start().unwrap();
+    until("published", || store.pending() == 0).await;
+    store.unavailable.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    store.unavailable.store(false, Ordering::SeqCst);
+    until("cleaned up", || store.rows().is_empty()).await;
+    worker.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_claim_that_fails_while_leading_backs_off_and_recovers() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), fast()).unwrap();
+    worker.start().unwrap();
+    until("leading", || worker.status().leader).await;
+    store.unavailable.store(true, Ordering::SeqCst);
+    until("the failure seen", || worker.status().last_error.is_some()).await;
+    assert!(
+        worker.status().leader,
+        "a database error is not a lost session"
+    );
+    store.unavailable.store(false, Ordering::SeqCst);
+    store.add(event("a", 0));
+    until("delivered", || publisher.delivered().len() == 1).await;
+    worker.stop().await.unwrap();
 }

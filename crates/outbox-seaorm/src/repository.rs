@@ -14,8 +14,8 @@ use outbox_core::{
 use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::{self, PgConnection, Row, postgres::PgRow};
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, QueryFilter,
-    QueryOrder, QuerySelect, Statement, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Statement, Value,
 };
 use tokio::sync::Mutex;
 use tracing::{debug, info, warn};
@@ -133,8 +133,12 @@ impl std::fmt::Debug for PostgresOutbox {
     }
 }
 
-fn db_error(error: impl std::error::Error + Send + Sync + 'static) -> OutboxError {
-    OutboxError::database(error)
+fn db_error(error: sea_orm::DbErr) -> OutboxError {
+    OutboxError::Database(Box::new(error))
+}
+
+fn sqlx_error(error: sqlx::Error) -> OutboxError {
+    OutboxError::Database(Box::new(error))
 }
 
 fn truncate(message: &str) -> String {
@@ -323,27 +327,45 @@ fn model_to_dead_letter(model: entity::Model) -> Option<DeadLetter> {
     })
 }
 
-#[async_trait]
-impl<C> OutboxWriter<C> for PostgresOutbox
-where
-    C: ConnectionTrait + Sync,
-{
-    async fn add_event(&self, conn: &C, event: NewOutboxEvent) -> Result<EventId, OutboxError> {
+/// The connections an event can be added on. Concrete rather than generic over
+/// `ConnectionTrait`, so the writer's code is compiled (and measured) once.
+#[derive(Clone, Copy)]
+enum Writer<'a> {
+    Pool(&'a DatabaseConnection),
+    Transaction(&'a DatabaseTransaction),
+}
+
+impl Writer<'_> {
+    async fn execute(self, statement: Statement) -> Result<(), OutboxError> {
+        match self {
+            Self::Pool(conn) => conn.execute_raw(statement).await,
+            Self::Transaction(txn) => txn.execute_raw(statement).await,
+        }
+        .map(|_| ())
+        .map_err(db_error)
+    }
+}
+
+impl PostgresOutbox {
+    async fn add_one(
+        &self,
+        conn: Writer<'_>,
+        event: NewOutboxEvent,
+    ) -> Result<EventId, OutboxError> {
         let (event_id, values, event_type) = self.prepare(event)?;
-        conn.execute_raw(Statement::from_sql_and_values(
+        conn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
             INSERT_ONE,
             values,
         ))
-        .await
-        .map_err(db_error)?;
+        .await?;
         metrics::counter!(m::EVENTS_ADDED_TOTAL, "event_type" => event_type).increment(1);
         Ok(event_id)
     }
 
-    async fn add_events(
+    async fn add_many(
         &self,
-        conn: &C,
+        conn: Writer<'_>,
         events: Vec<NewOutboxEvent>,
     ) -> Result<Vec<EventId>, OutboxError> {
         if events.is_empty() {
@@ -366,17 +388,56 @@ where
             "INSERT INTO event_outbox ({INSERT_COLUMNS}) VALUES {}",
             rows.join(", ")
         );
-        conn.execute_raw(Statement::from_sql_and_values(
+        conn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
             sql,
             values,
         ))
-        .await
-        .map_err(db_error)?;
+        .await?;
         for event_type in types {
             metrics::counter!(m::EVENTS_ADDED_TOTAL, "event_type" => event_type).increment(1);
         }
         Ok(ids)
+    }
+}
+
+#[async_trait]
+impl OutboxWriter<DatabaseTransaction> for PostgresOutbox {
+    async fn add_event(
+        &self,
+        txn: &DatabaseTransaction,
+        event: NewOutboxEvent,
+    ) -> Result<EventId, OutboxError> {
+        self.add_one(Writer::Transaction(txn), event).await
+    }
+
+    async fn add_events(
+        &self,
+        txn: &DatabaseTransaction,
+        events: Vec<NewOutboxEvent>,
+    ) -> Result<Vec<EventId>, OutboxError> {
+        self.add_many(Writer::Transaction(txn), events).await
+    }
+}
+
+/// Adding on the pool commits the event on its own: for events that belong to no business
+/// transaction. Inside a business change, add on its `DatabaseTransaction`.
+#[async_trait]
+impl OutboxWriter<DatabaseConnection> for PostgresOutbox {
+    async fn add_event(
+        &self,
+        conn: &DatabaseConnection,
+        event: NewOutboxEvent,
+    ) -> Result<EventId, OutboxError> {
+        self.add_one(Writer::Pool(conn), event).await
+    }
+
+    async fn add_events(
+        &self,
+        conn: &DatabaseConnection,
+        events: Vec<NewOutboxEvent>,
+    ) -> Result<Vec<EventId>, OutboxError> {
+        self.add_many(Writer::Pool(conn), events).await
     }
 }
 
@@ -394,7 +455,7 @@ impl RelayStore for PostgresOutbox {
                 .get_postgres_connection_pool()
                 .acquire()
                 .await
-                .map_err(db_error)?
+                .map_err(sqlx_error)?
                 .detach();
             *guard = Some(Session {
                 conn,
@@ -419,7 +480,7 @@ impl RelayStore for PostgresOutbox {
             Ok(false) => Ok(false),
             Err(error) => {
                 *guard = None;
-                Err(db_error(error))
+                Err(sqlx_error(error))
             }
         }
     }
@@ -433,8 +494,8 @@ impl RelayStore for PostgresOutbox {
             let unlocked = sqlx::query("SELECT pg_advisory_unlock_all()")
                 .execute(&mut session.conn)
                 .await;
-            session.conn.close().await.map_err(db_error)?;
-            unlocked.map_err(db_error)?;
+            session.conn.close().await.map_err(sqlx_error)?;
+            unlocked.map_err(sqlx_error)?;
             if was_leader {
                 info!("outbox relay released the leadership lock");
             }
@@ -510,15 +571,13 @@ impl RelayStore for PostgresOutbox {
     }
 
     async fn stats(&self) -> Result<OutboxStats, OutboxError> {
-        let row = self
-            .db
-            .query_one_raw(Statement::from_string(DbBackend::Postgres, STATS))
+        let row = sqlx::query(STATS)
+            .fetch_one(self.db.get_postgres_connection_pool())
             .await
-            .map_err(db_error)?
-            .ok_or_else(|| OutboxError::Database("the stats query returned no row".into()))?;
-        let pending: i64 = row.try_get("", "pending").map_err(db_error)?;
-        let oldest: Option<f64> = row.try_get("", "oldest_age").map_err(db_error)?;
-        let dead: i64 = row.try_get("", "dead").map_err(db_error)?;
+            .map_err(sqlx_error)?;
+        let pending: i64 = row.try_get("pending").map_err(sqlx_error)?;
+        let oldest: Option<f64> = row.try_get("oldest_age").map_err(sqlx_error)?;
+        let dead: i64 = row.try_get("dead").map_err(sqlx_error)?;
         Ok(OutboxStats {
             pending: u64::try_from(pending).unwrap_or_default(),
             oldest_pending_age: oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
