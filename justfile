@@ -33,6 +33,14 @@ lint:
     cargo clippy --workspace --all-targets -- -D warnings
     RUSTDOCFLAGS=-Dwarnings cargo doc --workspace --no-deps
 
+# Benchmarks against the real services (release build); writes docs/benchmarks.{json,md}.
+bench *args:
+    bash scripts/bench.sh {{args}}
+
+# The benchmarks with tiny sizes (well under a minute), written to a temporary folder.
+bench-smoke:
+    bash scripts/bench.sh --smoke
+
 # What CI runs.
 ci:
     .ci/run
