@@ -567,22 +567,23 @@ impl ServerCounters {
     }
 }
 
-/// The oldest transaction open on the server (any database) other than this query's: it holds
-/// back the horizon below which deleted rows count as dead to everyone.
+/// The oldest transaction open on the server (any database) for more than a second: it holds
+/// back the horizon below which deleted rows count as dead to everyone, so the claim's index
+/// scan cannot mark their entries dead and must visit them again.
 pub(crate) async fn oldest_transaction(env: &Env) -> String {
     let row: std::result::Result<Option<(String, f64, String)>, _> = sqlx::query_as(
         "SELECT coalesce(datname, '-'), extract(epoch FROM now() - xact_start)::float8, \
                 coalesce(left(query, 60), '') \
          FROM pg_stat_activity \
          WHERE (backend_xid IS NOT NULL OR backend_xmin IS NOT NULL) AND pid <> pg_backend_pid() \
-           AND xact_start IS NOT NULL \
+           AND xact_start < now() - interval '1 second' \
          ORDER BY xact_start LIMIT 1",
     )
     .fetch_optional(env.pool())
     .await;
     match row {
         Ok(Some((db, age, query))) => format!("{age:.1} s old, database {db}: {query}"),
-        Ok(None) => "none".into(),
+        Ok(None) => "none older than 1 s".into(),
         Err(e) => format!("unknown ({e})"),
     }
 }

@@ -122,7 +122,7 @@ impl Sizes {
         }
         Self {
             smoke,
-            write_rounds: 20,
+            write_rounds: 30,
             write_per_block: [150, 40],
             write_warmup: 30,
             backlog: if large { 1_000_000 } else { 100_000 },
