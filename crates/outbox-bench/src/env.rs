@@ -537,23 +537,23 @@ fn run(program: &str, args: &[&str]) -> String {
 /// the server did meanwhile.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct ServerCounters {
+    /// WAL position in bytes (exact, unlike `pg_stat_wal`, which backends flush lazily).
     pub(crate) wal_bytes: f64,
-    pub(crate) wal_fpi: i64,
     pub(crate) checkpoints: i64,
 }
 
 impl ServerCounters {
     pub(crate) async fn read(env: &Env) -> Result<Self> {
-        let (wal_bytes, wal_fpi, checkpoints): (f64, i64, i64) = sqlx::query_as(
-            "SELECT w.wal_bytes::float8, w.wal_fpi, b.checkpoints_timed + b.checkpoints_req \
-             FROM pg_stat_wal w, pg_stat_bgwriter b",
+        let (wal_bytes, checkpoints): (f64, i64) = sqlx::query_as(
+            "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')::float8, \
+                    checkpoints_timed + checkpoints_req \
+             FROM pg_stat_bgwriter",
         )
         .fetch_one(env.pool())
         .await
-        .context("reading pg_stat_wal")?;
+        .context("reading the WAL position")?;
         Ok(Self {
             wal_bytes,
-            wal_fpi,
             checkpoints,
         })
     }
@@ -561,7 +561,6 @@ impl ServerCounters {
     pub(crate) fn since(self, before: Self) -> Self {
         Self {
             wal_bytes: self.wal_bytes - before.wal_bytes,
-            wal_fpi: self.wal_fpi - before.wal_fpi,
             checkpoints: self.checkpoints - before.checkpoints,
         }
     }
@@ -582,7 +581,10 @@ pub(crate) async fn oldest_transaction(env: &Env) -> String {
     .fetch_optional(env.pool())
     .await;
     match row {
-        Ok(Some((db, age, query))) => format!("{age:.1} s old, database {db}: {query}"),
+        Ok(Some((db, age, query))) => {
+            let query = query.split_whitespace().collect::<Vec<_>>().join(" ");
+            format!("{age:.1} s old, database {db}: {query}")
+        }
         Ok(None) => "none older than 1 s".into(),
         Err(e) => format!("unknown ({e})"),
     }

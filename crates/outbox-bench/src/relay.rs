@@ -406,7 +406,6 @@ impl Drain {
             "explain_claim_midway": self.explain_midway.as_ref().map(|e| e.0.to_json()),
             "explain_claim_midway_after_last_acked_id": self.explain_midway.as_ref().map(|e| e.1.to_json()),
             "server_wal_bytes_per_event": round3(self.server.wal_bytes / self.events as f64),
-            "server_wal_full_page_images": self.server.wal_fpi,
             "server_checkpoints": self.server.checkpoints,
             "oldest_transaction_at_end": self.oldest_transaction,
         })
@@ -425,6 +424,10 @@ pub(crate) struct Explain {
     pub(crate) plan: String,
     /// The query through sqlx with rows fetched but not turned into events, median of 5 runs.
     pub(crate) client_fetch_ms: f64,
+    /// Rows the explained query and the last timed fetch returned (the relay keeps draining
+    /// meanwhile, so half-way through a drain they may differ from the limit).
+    pub(crate) plan_rows: usize,
+    pub(crate) fetched_rows: usize,
     /// The oldest open transaction on the server when the plan was taken.
     pub(crate) oldest_transaction: String,
 }
@@ -447,6 +450,8 @@ impl Explain {
             "execution_ms": round3(self.execution_ms),
             "planning_ms": round3(self.planning_ms),
             "client_fetch_ms": round3(self.client_fetch_ms),
+            "plan_rows": self.plan_rows,
+            "fetched_rows": self.fetched_rows,
             "oldest_transaction": self.oldest_transaction,
             "plan": self.plan,
         })
@@ -491,6 +496,7 @@ pub(crate) async fn explain_claim(
     };
     let limit_i64 = i64::try_from(limit).context("limit")?;
     let mut fetches = Vec::new();
+    let mut fetched_rows = 0;
     // The first run prepares the statement on its connection; it is not counted.
     for _ in 0..6 {
         let started = Instant::now();
@@ -500,8 +506,15 @@ pub(crate) async fn explain_claim(
             .await
             .context("timing the claim")?;
         fetches.push(started.elapsed());
-        drop(rows);
+        fetched_rows = rows.len();
     }
+    // The rows the plan returned: "(actual time=... rows=N loops=1)" on its first line.
+    let plan_rows = plan
+        .first()
+        .and_then(|l| l.split("rows=").nth(2))
+        .and_then(|r| r.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_default();
     let fetch = Summary::of(&mut fetches[1..]).p50;
     Ok(Explain {
         after,
@@ -511,6 +524,8 @@ pub(crate) async fn explain_claim(
         planning_ms: time("Planning Time:"),
         plan: plan.join("\n"),
         client_fetch_ms: fetch,
+        plan_rows,
+        fetched_rows,
         oldest_transaction: oldest_transaction(env).await,
     })
 }
@@ -633,8 +648,6 @@ async fn drain(
     let rss = Rss::now();
     let oldest = oldest_transaction(env).await;
     worker.stop().await.context("stopping the relay")?;
-    // The relay's session has closed, which flushes its WAL statistics to the server.
-    tokio::time::sleep(Duration::from_millis(100)).await;
     let server = ServerCounters::read(env).await?.since(counters);
     let (finished, complete) = match finished {
         Some(at) => (at, true),
@@ -955,15 +968,19 @@ fn print_drain(label: &str, d: &Drain) {
     );
     if let Some((e, k)) = &d.explain_midway {
         println!(
-            "    half-way: claim EXPLAIN ANALYZE {:.2} ms ({}), bare fetch {:.2} ms; with \
-             `id > last acknowledged` {:.2} ms ({}), bare fetch {:.2} ms; oldest open \
-             transaction: {}",
+            "    half-way: claim EXPLAIN ANALYZE {:.2} ms ({} rows, {}), bare fetch {:.2} ms ({} \
+             rows); with `id > last acknowledged` {:.2} ms ({} rows, {}), bare fetch {:.2} ms ({} \
+             rows); oldest open transaction: {}",
             e.execution_ms,
+            e.plan_rows,
             e.buffers(),
             e.client_fetch_ms,
+            e.fetched_rows,
             k.execution_ms,
+            k.plan_rows,
             k.buffers(),
             k.client_fetch_ms,
+            k.fetched_rows,
             e.oldest_transaction
         );
     }

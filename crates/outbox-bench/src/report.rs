@@ -237,19 +237,21 @@ fn explain_pair(out: &mut String, what: &str, plain: &Explain, keyset: &Explain)
     );
 }
 
-const BREAKDOWN_HEADER: &str = "| run | events | batch | events/s | batches | claim ms p50 / p99 | publish ms p50 / p99 | ack ms p50 / p99 | other ms p50 / p99 | claim ms mean, first → last tenth | RSS MiB before → peak | WAL bytes/event | checkpoints |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+const BREAKDOWN_HEADER: &str = "| run | events | batch | events/s | batches | claim ms p50 / p99 | publish ms p50 / p99 | ack ms p50 / p99 | other ms p50 / p99 | claim ms mean, first → last tenth | RSS MiB before → peak | WAL bytes/event (server-wide) | checkpoints |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
 
 fn explain_block(out: &mut String, title: &str, e: &Explain) {
     let _ = writeln!(
         out,
-        "\n{title}: {} pending, LIMIT {}: execution {:.2} ms, planning {:.2} ms; the bare query \
-         fetched through sqlx (rows not decoded into events) {:.2} ms. Oldest open transaction \
-         on the server then: {}.\n\n```text\n{}\n```",
+        "\n{title}: {} pending, LIMIT {}: execution {:.2} ms for {} rows, planning {:.2} ms; the \
+         bare query fetched through sqlx (rows not decoded into events) {:.2} ms for {} rows. \
+         Oldest open transaction on the server then: {}.\n\n```text\n{}\n```",
         e.pending,
         e.limit,
         e.execution_ms,
+        e.plan_rows,
         e.planning_ms,
         e.client_fetch_ms,
+        e.fetched_rows,
         e.oldest_transaction,
         e.plan
     );
