@@ -226,7 +226,7 @@ impl Env {
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default(),
             postgres: pg("SELECT version()").await,
-            postgres_settings: pg("SELECT string_agg(name || '=' || setting || coalesce(unit, ''), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size', 'checkpoint_timeout')").await,
+            postgres_settings: pg("SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size', 'checkpoint_timeout')").await,
             kafka: kafka_version(),
             librdkafka: rdkafka::util::get_rdkafka_version().1,
             rustc: run("rustc", &["--version"]),

@@ -208,7 +208,8 @@ fn parse_args() -> Result<Args> {
         if smoke {
             std::env::temp_dir().join("outbox-bench-smoke")
         } else {
-            outbox_test_harness::repo_root().join("docs")
+            let root = outbox_test_harness::repo_root();
+            std::fs::canonicalize(&root).unwrap_or(root).join("docs")
         }
     });
     Ok(Args { sizes, phases, out })
