@@ -48,6 +48,14 @@ docs-sync:
 coverage:
     scripts/coverage.sh
 
+# Benchmarks against the real services (release build); writes docs/benchmarks.{json,md}.
+bench *args:
+    bash scripts/bench.sh {{args}}
+
+# The benchmarks with tiny sizes (well under a minute), written to a temporary folder.
+bench-smoke:
+    bash scripts/bench.sh --smoke
+
 # What CI runs.
 ci:
     .ci/run

@@ -1,0 +1,293 @@
+//! Benchmarks of the outbox against the real PostgreSQL and Apache Kafka.
+//!
+//! Run with: `bash scripts/bench.sh` (or `just bench`; `just bench-smoke` for a quick check).
+//!
+//! Every run measures its own baselines on the same machine, in the same run, and reports the
+//! library against them:
+//!
+//! 1. **write overhead**: one business transaction without an event (B), with the outbox row
+//!    inserted by a hand-written statement (S), and through `OutboxWriter::add_event` (L), at 1 and
+//!    8 clients, interleaved;
+//! 2. **relay throughput**: a backlog drained by `EventRelayWorker` into Kafka (R), beside a raw
+//!    rdkafka producer (P) and the relay with a no-op publisher (D);
+//! 3. **commit-to-ack latency** at a steady offered load, with and without the in-process wake-up;
+//! 4. **scaling**: drain rate by backlog size, and peak memory.
+//!
+//! Each run creates its own database and topics and drops them at the end. Results go to
+//! `benchmarks.json` and `benchmarks.md` in the output folder (`docs/` by default).
+
+mod env;
+mod latency;
+mod relay;
+mod report;
+mod stats;
+mod write;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use crate::env::Env;
+
+/// Any error, with the context it happened in.
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The benchmark's result type.
+pub(crate) type Result<T, E = BoxError> = std::result::Result<T, E>;
+
+/// Adds what was being done to an error.
+pub(crate) trait Context<T> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T>;
+}
+
+impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
+    fn context(self, what: impl std::fmt::Display) -> Result<T> {
+        self.map_err(|e| format!("{what}: {e}").into())
+    }
+}
+
+/// The parts of the benchmark.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    Write,
+    Relay,
+    Latency,
+    Scaling,
+}
+
+impl Phase {
+    const ALL: [Phase; 4] = [Phase::Write, Phase::Relay, Phase::Latency, Phase::Scaling];
+
+    fn parse(name: &str) -> Result<Self> {
+        match name {
+            "write" => Ok(Self::Write),
+            "relay" => Ok(Self::Relay),
+            "latency" => Ok(Self::Latency),
+            "scaling" => Ok(Self::Scaling),
+            other => {
+                Err(format!("unknown phase `{other}` (write, relay, latency, scaling)").into())
+            }
+        }
+    }
+}
+
+/// How much work each phase does.
+#[derive(Debug, Clone)]
+pub(crate) struct Sizes {
+    pub(crate) smoke: bool,
+    /// Interleaved rounds of B, S, L.
+    pub(crate) write_rounds: usize,
+    /// Transactions per client per variant in one round, at 1 and at 8 clients.
+    pub(crate) write_per_block: [usize; 2],
+    /// Warm-up transactions per client per variant.
+    pub(crate) write_warmup: usize,
+    /// Backlog drained in the throughput phase.
+    pub(crate) backlog: u64,
+    pub(crate) batch_sizes: Vec<usize>,
+    /// Backlogs drained in the scaling phase.
+    pub(crate) scaling: Vec<u64>,
+    /// Largest backlog the scaling phase also drains with the no-op publisher.
+    pub(crate) scaling_d_max: u64,
+    /// What the report should say about the scaling sizes.
+    pub(crate) scaling_note: Option<String>,
+    /// Whole-run time the scaling phase keeps within, when set.
+    pub(crate) budget: Option<Duration>,
+    pub(crate) latency_secs: f64,
+    pub(crate) latency_warmup_secs: f64,
+    pub(crate) latency_writers: usize,
+    /// Distinct Kafka keys.
+    pub(crate) keys: usize,
+    pub(crate) partitions: i32,
+}
+
+impl Sizes {
+    fn new(smoke: bool, large: bool) -> Self {
+        if smoke {
+            return Self {
+                smoke,
+                write_rounds: 4,
+                write_per_block: [10, 2],
+                write_warmup: 2,
+                backlog: 2_000,
+                batch_sizes: vec![500],
+                scaling: vec![1_000, 2_000],
+                scaling_d_max: 2_000,
+                scaling_note: Some("smoke run: 1,000 and 2,000 events only".into()),
+                budget: None,
+                latency_secs: 3.0,
+                latency_warmup_secs: 0.5,
+                latency_writers: 4,
+                keys: 1_000,
+                partitions: 6,
+            };
+        }
+        Self {
+            smoke,
+            write_rounds: 30,
+            write_per_block: [150, 40],
+            write_warmup: 30,
+            backlog: if large { 1_000_000 } else { 100_000 },
+            batch_sizes: vec![500, 1000, 2000],
+            scaling: vec![10_000, 1_000_000],
+            scaling_d_max: if large { 1_000_000 } else { 10_000 },
+            scaling_note: (!large).then(|| {
+                "the 1,000,000-event backlog is drained by R only (pass --large for D too), \
+                 within the 10-minute budget of a default run"
+                    .into()
+            }),
+            budget: (!large).then_some(Duration::from_secs(570)),
+            latency_secs: 20.0,
+            latency_warmup_secs: 2.0,
+            latency_writers: 16,
+            keys: 1_000,
+            partitions: 6,
+        }
+    }
+}
+
+struct Args {
+    sizes: Sizes,
+    phases: Vec<Phase>,
+    out: PathBuf,
+}
+
+const USAGE: &str = "\
+usage: outbox-bench [--smoke] [--large] [--backlog N] [--batch-sizes 500,1000] \
+[--latency-secs S] [--only write,relay,latency,scaling] [--out DIR]
+
+  --smoke         tiny sizes (well under a minute); writes to a temporary folder unless --out
+  --large         1,000,000-event backlogs (throughput and scaling)
+  --backlog N     events in the throughput phase's backlog
+  --batch-sizes   relay batch sizes to try in the throughput phase
+  --latency-secs  length of each commit-to-ack run
+  --only          run only these phases
+  --out DIR       where benchmarks.json and benchmarks.md go (default: docs/)";
+
+fn parse_args() -> Result<Args> {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.iter().any(|a| a == "--help" || a == "-h") {
+        println!("{USAGE}");
+        std::process::exit(0);
+    }
+    let smoke = raw.iter().any(|a| a == "--smoke");
+    let large = raw.iter().any(|a| a == "--large");
+    let mut sizes = Sizes::new(smoke, large);
+    let mut phases = Phase::ALL.to_vec();
+    let mut out = None;
+    let mut args = raw.iter();
+    while let Some(arg) = args.next() {
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| BoxError::from(format!("{arg} needs a value\n{USAGE}")))
+        };
+        match arg.as_str() {
+            "--smoke" | "--large" => {}
+            "--backlog" => {
+                sizes.backlog = value()?.parse().context("--backlog")?;
+            }
+            "--batch-sizes" => {
+                sizes.batch_sizes = value()?
+                    .split(',')
+                    .map(|s| s.trim().parse::<usize>())
+                    .collect::<std::result::Result<_, _>>()
+                    .context("--batch-sizes")?;
+            }
+            "--latency-secs" => {
+                sizes.latency_secs = value()?.parse().context("--latency-secs")?;
+            }
+            "--only" => {
+                phases = value()?
+                    .split(',')
+                    .map(|s| Phase::parse(s.trim()))
+                    .collect::<Result<_>>()?;
+            }
+            "--out" => out = Some(PathBuf::from(value()?)),
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}").into()),
+        }
+    }
+    let out = out.unwrap_or_else(|| {
+        if smoke {
+            std::env::temp_dir().join("outbox-bench-smoke")
+        } else {
+            let root = outbox_test_harness::repo_root();
+            std::fs::canonicalize(&root).unwrap_or(root).join("docs")
+        }
+    });
+    Ok(Args { sizes, phases, out })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = parse_args()?;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    // A service exports the library's metrics; recording them is part of what it pays per event.
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let upkeep = metrics.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            upkeep.run_upkeep();
+        }
+    });
+
+    let started = Instant::now();
+    let started_at = chrono::Utc::now();
+    let env = Env::create(args.sizes.partitions, args.sizes.keys).await?;
+    let machine = env.machine().await;
+    println!("{}", machine.one_line());
+    let mut results = report::Results::default();
+
+    let mut phase_seconds = Vec::new();
+    for phase in Phase::ALL {
+        if !args.phases.contains(&phase) {
+            continue;
+        }
+        let phase_started = Instant::now();
+        match phase {
+            Phase::Write => results.write = write::run(&env, &args.sizes).await?,
+            Phase::Relay => results.relay = Some(relay::throughput(&env, &args.sizes).await?),
+            Phase::Latency => {
+                let half_r = results.relay.as_ref().and_then(|r| r.relay_rate_at(500));
+                results.latency = latency::run(&env, &args.sizes, half_r.map(|r| r / 2.0)).await?;
+            }
+            Phase::Scaling => {
+                results.scaling = Some(relay::scaling(&env, &args.sizes, started).await?)
+            }
+        }
+        let took = phase_started.elapsed();
+        println!("  ({phase:?} phase took {:.1} s)", took.as_secs_f64());
+        phase_seconds.push((phase, took));
+    }
+
+    let run = report::Run {
+        started_at,
+        duration: started.elapsed(),
+        command: command_line(),
+        sizes: args.sizes.clone(),
+        phases: phase_seconds,
+    };
+    let written = report::write(&args.out, &machine, &run, &results)?;
+    for path in written {
+        println!("wrote {}", path.display());
+    }
+    drop(env);
+    println!("done in {:.0} s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// The command that produced the results: what the bench script says it ran, else this
+/// program's own arguments.
+fn command_line() -> String {
+    if let Ok(command) = std::env::var("OUTBOX_BENCH_COMMAND")
+        && !command.trim().is_empty()
+    {
+        return command;
+    }
+    std::env::args().collect::<Vec<_>>().join(" ")
+}

@@ -1,0 +1,641 @@
+//! The JSON result and the markdown report.
+
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use chrono::{DateTime, SecondsFormat, Utc};
+use serde_json::{Value, json};
+
+use crate::env::{Machine, PAYLOAD_BYTES, RAW_BYTES};
+use crate::latency::LatencyRun;
+use crate::relay::{Drain, Explain, RelayResults, Scaling};
+use crate::write::{Variant, WriteResult};
+use crate::{Context, Phase, Result, Sizes};
+
+/// Everything measured.
+#[derive(Debug, Default)]
+pub(crate) struct Results {
+    pub(crate) write: Vec<WriteResult>,
+    pub(crate) relay: Option<RelayResults>,
+    pub(crate) latency: Vec<LatencyRun>,
+    pub(crate) scaling: Option<Scaling>,
+}
+
+/// How the run was made.
+#[derive(Debug)]
+pub(crate) struct Run {
+    pub(crate) started_at: DateTime<Utc>,
+    pub(crate) duration: Duration,
+    pub(crate) command: String,
+    pub(crate) sizes: Sizes,
+    /// The phases run and how long each took.
+    pub(crate) phases: Vec<(Phase, Duration)>,
+}
+
+/// One target and where the run stands against it.
+struct Target {
+    name: &'static str,
+    goal: &'static str,
+    measured: String,
+    met: Option<bool>,
+}
+
+impl Target {
+    fn status(&self) -> &'static str {
+        match self.met {
+            Some(true) => "met",
+            Some(false) => "NOT met",
+            None => "not measured",
+        }
+    }
+}
+
+fn targets(results: &Results) -> Vec<Target> {
+    let mut targets = Vec::new();
+    let r500 = results.relay.as_ref().and_then(|r| {
+        r.runs
+            .iter()
+            .find(|t| t.batch_size == 500)
+            .or(r.runs.first())
+    });
+    targets.push(Target {
+        name: "relay drain rate",
+        goal: "R >= 20,000 events/s",
+        measured: r500.map_or("-".into(), |t| {
+            format!("R = {:.0} events/s (batch {})", t.r.rate, t.batch_size)
+        }),
+        met: r500.map(|t| t.r.rate >= 20_000.0),
+    });
+    targets.push(Target {
+        name: "relay vs its parts",
+        goal: "R/H >= 1.0",
+        measured: r500.map_or("-".into(), |t| {
+            format!(
+                "R/H = {:.3} (H = {:.0}, batch {})",
+                t.r.rate / t.h(),
+                t.h(),
+                t.batch_size
+            )
+        }),
+        met: r500.map(|t| t.r.rate / t.h() >= 1.0),
+    });
+    let w8 = results.write.iter().find(|w| w.clients == 8);
+    targets.push(Target {
+        name: "writer: L vs hand-written insert, 8 clients",
+        goal: "L/S <= 1.05 at p50, L tps >= 95% of S",
+        measured: w8.map_or("-".into(), |w| {
+            format!(
+                "L/S p50 = {:.3}, L/S tps = {:.3}",
+                w.p50_ratio(Variant::S).unwrap_or_default(),
+                w.tps_ratio(Variant::S).unwrap_or_default()
+            )
+        }),
+        met: w8.and_then(|w| {
+            Some(w.p50_ratio(Variant::S)? <= 1.05 && w.tps_ratio(Variant::S)? >= 0.95)
+        }),
+    });
+    for w in &results.write {
+        let name = if w.clients == 1 {
+            "writer: L adds to B, 1 client"
+        } else {
+            "writer: L adds to B, 8 clients"
+        };
+        let (p50, p99) = w.overhead().unwrap_or_default();
+        targets.push(Target {
+            name,
+            goal: "L - B <= 0.25 ms at p50 and <= 1 ms at p99",
+            measured: format!("{p50:+.3} ms at p50, {p99:+.3} ms at p99"),
+            met: Some(p50 <= 0.25 && p99 <= 1.0),
+        });
+    }
+    let half = results
+        .latency
+        .iter()
+        .find(|l| l.wake && l.linger_ms.is_none() && l.offered_label == "R/2");
+    targets.push(Target {
+        name: "commit -> ack at R/2 with wake-up",
+        goal: "p50 <= 5 ms, p99 <= 25 ms",
+        measured: half.map_or("-".into(), |l| {
+            format!(
+                "p50 {:.2} ms, p99 {:.2} ms at {:.0}/s offered ({:.0}/s achieved)",
+                l.latency.p50, l.latency.p99, l.offered, l.achieved
+            )
+        }),
+        met: half.map(|l| l.latency.p50 <= 5.0 && l.latency.p99 <= 25.0),
+    });
+    let scaling = results.scaling.as_ref();
+    let has_million = scaling.is_some_and(|s| s.runs.iter().any(|run| run.events >= 1_000_000));
+    targets.push(Target {
+        name: "drain rate, 1M backlog vs 10k",
+        goal: ">= 80%",
+        measured: match scaling {
+            Some(s) if has_million => format!(
+                "{:.1}% ({:.0} vs {:.0} events/s)",
+                s.ratio().unwrap_or_default() * 100.0,
+                s.runs.last().map(|run| run.r.rate).unwrap_or_default(),
+                s.runs.first().map(|run| run.r.rate).unwrap_or_default()
+            ),
+            Some(s) => s.notes.join("; "),
+            None => "-".into(),
+        },
+        met: match scaling {
+            Some(s) if has_million => s.ratio().map(|r| r >= 0.8),
+            _ => None,
+        },
+    });
+    targets
+}
+
+fn sizes_json(sizes: &Sizes) -> Value {
+    json!({
+        "smoke": sizes.smoke,
+        "write_rounds": sizes.write_rounds,
+        "write_per_client_per_round": {"1": sizes.write_per_block[0], "8": sizes.write_per_block[1]},
+        "write_warmup_per_client": sizes.write_warmup,
+        "backlog": sizes.backlog,
+        "batch_sizes": sizes.batch_sizes,
+        "scaling_backlogs": sizes.scaling,
+        "latency_seconds": sizes.latency_secs,
+        "latency_warmup_seconds": sizes.latency_warmup_secs,
+        "latency_writers": sizes.latency_writers,
+        "keys": sizes.keys,
+        "partitions": sizes.partitions,
+        "payload_bytes": PAYLOAD_BYTES,
+        "upload_raw_bytes": RAW_BYTES,
+    })
+}
+
+fn to_json(machine: &Machine, run: &Run, results: &Results) -> Value {
+    json!({
+        "started_at": run.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        "duration_seconds": run.duration.as_secs(),
+        "command": run.command,
+        "phase_seconds": run
+            .phases
+            .iter()
+            .map(|(p, d)| (format!("{p:?}").to_lowercase(), json!(d.as_secs())))
+            .collect::<serde_json::Map<_, _>>(),
+        "machine": machine.to_json(),
+        "load_average_at_end": crate::env::load_average(),
+        "sizes": sizes_json(&run.sizes),
+        "write": results.write.iter().map(WriteResult::to_json).collect::<Vec<_>>(),
+        "relay": results.relay.as_ref().map(RelayResults::to_json),
+        "latency": results.latency.iter().map(LatencyRun::to_json).collect::<Vec<_>>(),
+        "scaling": results.scaling.as_ref().map(Scaling::to_json),
+        "targets": targets(results).iter().map(|t| json!({
+            "name": t.name,
+            "goal": t.goal,
+            "measured": t.measured,
+            "status": t.status(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn breakdown_row(out: &mut String, label: &str, d: &Drain) {
+    let b = &d.breakdown;
+    let _ = writeln!(
+        out,
+        "| {label} | {} | {} | {:.0} | {} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} → {:.2} | {} → {} | {:.0} | {} |",
+        d.events,
+        d.batch_size,
+        d.rate,
+        b.batches,
+        b.claim.p50,
+        b.claim.p99,
+        b.publish.p50,
+        b.publish.p99,
+        b.ack.p50,
+        b.ack.p99,
+        b.other.p50,
+        b.other.p99,
+        b.claim_first_tenth_ms,
+        b.claim_last_tenth_ms,
+        d.rss_before_kib / 1024,
+        d.rss.peak_kib / 1024,
+        d.server.wal_bytes / d.events as f64,
+        d.server.checkpoints,
+    );
+}
+
+/// The claim half-way through a drain, as the relay runs it and starting after the last
+/// acknowledged id.
+fn explain_pair(out: &mut String, what: &str, plain: &Explain, keyset: &Explain) {
+    explain_block(
+        out,
+        &format!("\nThe claim half-way through the {what}"),
+        plain,
+    );
+    explain_block(
+        out,
+        &format!(
+            "\nWhat-if at the same moment: the claim with `AND o.id > {}` (the last acknowledged \
+             id) added, so the scan starts after the rows already deleted",
+            keyset.after.unwrap_or_default()
+        ),
+        keyset,
+    );
+}
+
+const BREAKDOWN_HEADER: &str = "| run | events | batch | events/s | batches | claim ms p50 / p99 | publish ms p50 / p99 | ack ms p50 / p99 | other ms p50 / p99 | claim ms mean, first → last tenth | RSS MiB before → peak | WAL bytes/event (server-wide) | checkpoints |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+
+fn explain_block(out: &mut String, title: &str, e: &Explain) {
+    let _ = writeln!(
+        out,
+        "\n{title}: {} pending, LIMIT {}: execution {:.2} ms for {} rows, planning {:.2} ms; the \
+         bare query fetched through sqlx (rows not decoded into events) {:.2} ms for {} rows. \
+         Oldest open transaction on the server then: {}.\n\n```text\n{}\n```",
+        e.pending,
+        e.limit,
+        e.execution_ms,
+        e.plan_rows,
+        e.planning_ms,
+        e.client_fetch_ms,
+        e.fetched_rows,
+        e.oldest_transaction,
+        e.plan
+    );
+}
+
+fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
+    let mut out = String::new();
+    let s = &run.sizes;
+    let _ = writeln!(out, "# Benchmarks\n");
+    let _ = writeln!(
+        out,
+        "Produced by `{}` on {} in {:.0} s ({}). Every number below was measured in that run, \
+         baselines included; numbers from other machines or days compare through the ratios, not \
+         the absolute values.\n",
+        run.command,
+        run.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        run.duration.as_secs_f64(),
+        if s.smoke { "smoke sizes" } else { "full sizes" }
+    );
+    let _ = writeln!(out, "## Machine\n");
+    let _ = writeln!(out, "| | |\n|---|---|");
+    let rows = [
+        ("CPU", format!("{} × {}", machine.cores, machine.cpu_model)),
+        (
+            "memory",
+            format!("{:.1} GiB", machine.memory_gib.unwrap_or_default()),
+        ),
+        ("kernel", machine.kernel.clone()),
+        ("PostgreSQL", machine.postgres.clone()),
+        ("PostgreSQL settings", machine.postgres_settings.clone()),
+        (
+            "Kafka",
+            format!("{} (one KRaft node, loopback)", machine.kafka),
+        ),
+        ("librdkafka", machine.librdkafka.clone()),
+        ("rustc", machine.rustc.clone()),
+        (
+            "commit",
+            format!(
+                "{}{}",
+                machine.git_commit,
+                if machine.git_dirty {
+                    " (with uncommitted changes)"
+                } else {
+                    ""
+                }
+            ),
+        ),
+        (
+            "load average (1, 5, 15 min)",
+            format!(
+                "{} at start, {} at end",
+                machine.load_average,
+                crate::env::load_average()
+            ),
+        ),
+    ];
+    for (k, v) in rows {
+        let _ = writeln!(out, "| {k} | {v} |");
+    }
+    let _ = writeln!(
+        out,
+        "\nThe machine is shared: PostgreSQL, Kafka, this program and other work run on the same \
+         cores, so the database, the broker and the relay compete for CPU.\n"
+    );
+
+    let _ = writeln!(out, "## Targets\n");
+    let _ = writeln!(
+        out,
+        "| target | goal | measured | status |\n|---|---|---|---|"
+    );
+    for t in targets(results) {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.goal,
+            t.measured,
+            t.status()
+        );
+    }
+
+    if !results.write.is_empty() {
+        let _ = writeln!(out, "\n## 1. Write overhead\n");
+        let _ = writeln!(
+            out,
+            "One File Service upload transaction on a SeaORM `DatabaseTransaction` (`BEGIN`, \
+             statements, `COMMIT`, timed from before `BEGIN` to after `COMMIT`): an `INSERT` into \
+             `file_uploads` (uuid key, batch id, user id, filename, size, md5 text, status and a \
+             {RAW_BYTES}-byte `raw` bytea holding the file's bytes, plus an index on `batch_id`).\n\n\
+             - **B**: the upload row only.\n\
+             - **S**: plus the outbox row by a hand-written statement: the library's own `INSERT` \
+             text and the same eight values (event id, aggregate type and id, event type, topic, \
+             key, the ~{PAYLOAD_BYTES}-byte JSON envelope, headers as jsonb) through SeaORM's \
+             `execute_raw` on the same transaction (a prepared, cached statement), without the \
+             library's code path.\n\
+             - **L**: plus `OutboxWriter::add_event` of `PostgresOutbox`.\n\n\
+             S and L build the same `BatchFileAddedV1` envelope (with a traceparent; padded to \
+             ~{PAYLOAD_BYTES} bytes) inside the timed transaction. Variants run in {} interleaved \
+             rounds (B S L, S L B, L B S, ...) of {} (1 client) and {} × 8 (8 clients) \
+             transactions each, after a warm-up; a Prometheus recorder is installed, as in a \
+             service. Percentiles are exact (sorted samples).\n",
+            s.write_rounds, s.write_per_block[0], s.write_per_block[1]
+        );
+        let _ = writeln!(
+            out,
+            "| clients | variant | p50 ms | p99 ms | p99.9 ms | tx/s | transactions |\n|---|---|---|---|---|---|---|"
+        );
+        for w in &results.write {
+            for v in &w.variants {
+                let _ = writeln!(
+                    out,
+                    "| {} | {} | {:.3} | {:.3} | {:.3} | {:.0} | {} |",
+                    w.clients,
+                    v.variant.name(),
+                    v.latency.p50,
+                    v.latency.p99,
+                    v.latency.p999,
+                    v.tps,
+                    v.latency.count
+                );
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\n| clients | L/B p50 | L/S p50 | L/B tx/s | L/S tx/s | L − B p50 ms | L − B p99 ms |\n|---|---|---|---|---|---|---|"
+        );
+        for w in &results.write {
+            let (p50, p99) = w.overhead().unwrap_or_default();
+            let _ = writeln!(
+                out,
+                "| {} | {:.3} | {:.3} | {:.3} | {:.3} | {:+.3} | {:+.3} |",
+                w.clients,
+                w.p50_ratio(Variant::B).unwrap_or_default(),
+                w.p50_ratio(Variant::S).unwrap_or_default(),
+                w.tps_ratio(Variant::B).unwrap_or_default(),
+                w.tps_ratio(Variant::S).unwrap_or_default(),
+                p50,
+                p99
+            );
+        }
+    }
+
+    if let Some(relay) = &results.relay {
+        let _ = writeln!(out, "\n## 2. Relay throughput\n");
+        let _ = writeln!(
+            out,
+            "A backlog of {} events (~{PAYLOAD_BYTES}-byte values, {} keys, a topic of {} \
+             partitions) is copied into `event_outbox` from a pre-generated table, vacuumed and \
+             analysed, then drained. **R**: `EventRelayWorker` + `PostgresOutbox` + \
+             `KafkaPublisher` with the library defaults (idempotence, acks=all, linger.ms=5). \
+             **D**: the same relay with a publisher that returns `Ok` at once. **P**: a raw rdkafka \
+             `FutureProducer` with the publisher's producer properties sending the same keys, \
+             value size and six headers, everything in flight. **Pb**: the same producer one batch \
+             at a time (enqueue the batch, await all its acks). H = 1/(1/P + 1/D): the rate of \
+             doing the database work and the Kafka work one after the other. Drain time runs from \
+             the first claim to the acknowledgement of the last event; the producers are warmed up \
+             (connection, metadata) first.\n",
+            relay.backlog, s.keys, s.partitions
+        );
+        let _ = writeln!(
+            out,
+            "| batch | R events/s | D events/s | P events/s | Pb events/s | H events/s | R/H | R/P | R/D | R/Pb |\n|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for t in &relay.runs {
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.3} | {:.3} | {:.3} | {:.3} |",
+                t.batch_size,
+                t.r.rate,
+                t.d.rate,
+                t.p.rate,
+                t.pb.rate,
+                t.h(),
+                t.r.rate / t.h(),
+                t.r.rate / t.p.rate,
+                t.r.rate / t.d.rate,
+                t.r.rate / t.pb.rate
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\n### Where a batch's time goes\n\nMeasured by wrapping the relay's store and publisher: \
+             **claim** is `claim_batch` (query, transfer, rows turned into events), **publish** is \
+             `publish` (enqueue and await every Kafka ack; no-op for D), **ack** is `acknowledge` \
+             (the `DELETE`), **other** is the rest of the cycle from one claim to the next (the \
+             worker's own work: `check`, cloning the batch, results, metrics, status).\n"
+        );
+        let _ = writeln!(out, "{BREAKDOWN_HEADER}");
+        for t in &relay.runs {
+            breakdown_row(&mut out, "D", &t.d);
+            breakdown_row(&mut out, "R", &t.r);
+            if let Some(r0) = &t.r_linger0 {
+                breakdown_row(&mut out, "R, linger.ms=0", r0);
+            }
+        }
+        let _ = writeln!(
+            out,
+            "\nThe raw producer one batch at a time (Pb), per batch:\n\n| batch | linger.ms | events/s | enqueue ms p50 / p99 | await acks ms p50 / p99 |\n|---|---|---|---|---|"
+        );
+        for t in &relay.runs {
+            for (pb, linger) in [(Some(&t.pb), "5 (default)"), (t.pb_linger0.as_ref(), "0")] {
+                let Some(pb) = pb else { continue };
+                let _ = writeln!(
+                    out,
+                    "| {} | {linger} | {:.0} | {:.2} / {:.2} | {:.2} / {:.2} |",
+                    t.batch_size,
+                    pb.rate,
+                    pb.enqueue.p50,
+                    pb.enqueue.p99,
+                    pb.await_acks.p50,
+                    pb.await_acks.p99
+                );
+            }
+        }
+        if let Some(t) = relay.runs.iter().find(|t| t.r_linger0.is_some())
+            && let Some(r0) = &t.r_linger0
+        {
+            let _ = writeln!(
+                out,
+                "\nWhat-if, batch {}: the relay with `linger.ms=0` (a producer property a service can \
+                 set; everything else the defaults) drained at **{:.0} events/s** against {:.0} with \
+                 the default `linger.ms=5` (R0/H = {:.3}).",
+                t.batch_size,
+                r0.rate,
+                t.r.rate,
+                r0.rate / t.h()
+            );
+        }
+        explain_block(
+            &mut out,
+            "\nThe claim query on the fresh backlog",
+            &relay.explain_start,
+        );
+        for t in &relay.runs {
+            if let Some((plain, keyset)) = &t.d.explain_midway {
+                explain_pair(
+                    &mut out,
+                    &format!("D drain of {} (batch {})", t.d.events, t.batch_size),
+                    plain,
+                    keyset,
+                );
+            }
+        }
+    }
+
+    if !results.latency.is_empty() {
+        let _ = writeln!(out, "\n## 3. Commit → Kafka ack latency\n");
+        let _ = writeln!(
+            out,
+            "{} writer tasks run the upload transaction with `add_event` (one event per \
+             transaction) paced to the offered rate; the instant after each commit returns is \
+             noted, and a wrapper around `KafkaPublisher` notes when `publish` returned for each \
+             event (every ack of its batch was in). Latency = ack − commit per event, for events \
+             committed after the first {} s of each {} s run. Relay settings are the defaults \
+             (batch 500, poll 10 ms → 500 ms); **wake-up** calls `notifier().notify()` after each \
+             commit, **polling** does not.\n",
+            s.latency_writers, s.latency_warmup_secs, s.latency_secs
+        );
+        let _ = writeln!(
+            out,
+            "| offered | mode | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | events | missing | writer tx p50 ms | relay batches | events per batch | claim / publish / ack p50 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
+        for l in &results.latency {
+            let mode = format!(
+                "{}{}",
+                if l.wake { "wake-up" } else { "polling" },
+                l.linger_ms
+                    .map(|m| format!(", linger.ms={m}"))
+                    .unwrap_or_default()
+            );
+            let b = &l.breakdown;
+            let _ = writeln!(
+                out,
+                "| {} | {mode} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {:.1} | {:.2} / {:.2} / {:.2} |",
+                l.offered_label,
+                l.offered,
+                l.achieved,
+                l.latency.p50,
+                l.latency.p99,
+                l.latency.p999,
+                l.latency.max,
+                l.measured,
+                l.missing,
+                l.writer_txn.p50,
+                b.batches,
+                l.mean_batch,
+                b.claim.p50,
+                b.publish.p50,
+                b.ack.p50
+            );
+        }
+    }
+
+    if let Some(scaling) = &results.scaling {
+        let _ = writeln!(out, "\n## 4. Scaling\n");
+        let all_reset = scaling
+            .runs
+            .iter()
+            .all(|run| run.r.rss_peak_reset && run.d.as_ref().is_none_or(|d| d.rss_peak_reset));
+        let _ = writeln!(
+            out,
+            "Drain rate by backlog size at the default batch size (500), R into Kafka and D into \
+             the no-op publisher, with the process's resident memory before the drain and at its \
+             peak during it (VmHWM, reset with `echo 5 > /proc/self/clear_refs` before each \
+             drain: {}).\n",
+            if all_reset {
+                "the reset worked"
+            } else {
+                "the reset did NOT work on this kernel, so peaks include earlier phases"
+            }
+        );
+        let _ = writeln!(
+            out,
+            "| backlog | R events/s | D events/s | R RSS MiB before → peak | R drained | verified |\n|---|---|---|---|---|---|"
+        );
+        for run in &scaling.runs {
+            let _ = writeln!(
+                out,
+                "| {} | {:.0} | {} | {} → {} | {} | {} |",
+                run.events,
+                run.r.rate,
+                run.d
+                    .as_ref()
+                    .map_or("not run".into(), |d| format!("{:.0}", d.rate)),
+                run.r.rss_before_kib / 1024,
+                run.r.rss.peak_kib / 1024,
+                if run.r.complete {
+                    "all".to_owned()
+                } else {
+                    format!("{} (stopped at the time budget)", run.r.acked)
+                },
+                run.r.verified
+            );
+        }
+        if let Some(ratio) = scaling.ratio() {
+            let _ = writeln!(out, "\nR(largest) / R(smallest) = {ratio:.3}.");
+        }
+        for note in &scaling.notes {
+            let _ = writeln!(out, "\nNote: {note}.");
+        }
+        let _ = writeln!(out, "\n{BREAKDOWN_HEADER}");
+        for run in &scaling.runs {
+            if let Some(d) = &run.d {
+                breakdown_row(&mut out, "D", d);
+            }
+            breakdown_row(&mut out, "R", &run.r);
+        }
+        for run in &scaling.runs {
+            for (label, drain) in [("D", run.d.as_ref()), ("R", Some(&run.r))] {
+                if let Some((plain, keyset)) = drain.and_then(|d| d.explain_midway.as_ref()) {
+                    explain_pair(
+                        &mut out,
+                        &format!("{label} drain of {}", run.events),
+                        plain,
+                        keyset,
+                    );
+                }
+            }
+        }
+    }
+    let _ = writeln!(
+        out,
+        "\n## Reproduce\n\n`bash scripts/bench.sh` (or `just bench`) builds in release and runs all \
+         phases with these sizes; `--large` adds the 1,000,000-event backlogs, `--smoke` is a \
+         quick check that writes to a temporary folder. Raw numbers: `benchmarks.json` beside \
+         this file."
+    );
+    out
+}
+
+/// Writes `benchmarks.json` and `benchmarks.md` into `dir`.
+pub(crate) fn write(
+    dir: &Path,
+    machine: &Machine,
+    run: &Run,
+    results: &Results,
+) -> Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir).context(format!("creating {}", dir.display()))?;
+    let json_path = dir.join("benchmarks.json");
+    let json = serde_json::to_string_pretty(&to_json(machine, run, results)).context("json")?;
+    std::fs::write(&json_path, json + "\n").context(format!("writing {}", json_path.display()))?;
+    let md_path = dir.join("benchmarks.md");
+    std::fs::write(&md_path, to_markdown(machine, run, results))
+        .context(format!("writing {}", md_path.display()))?;
+    Ok(vec![json_path, md_path])
+}
