@@ -266,9 +266,18 @@ pub(crate) async fn run(env: &Env, sizes: &Sizes, half_r: Option<f64>) -> Result
         for wake in [true, false] {
             runs.push(run_one(env, sizes, rate, &label, wake, None).await?);
         }
-        // What-if: the wake-up with linger.ms=0 (a producer property), since every relay batch
-        // waits for its acks and lingering only delays them.
-        runs.push(run_one(env, sizes, rate, &label, true, Some(0)).await?);
+        // What-if: the wake-up with the earlier default linger.ms, to show what lingering costs.
+        runs.push(
+            run_one(
+                env,
+                sizes,
+                rate,
+                &label,
+                true,
+                Some(crate::relay::ALT_LINGER_MS),
+            )
+            .await?,
+        );
     }
     env.truncate().await?;
     Ok::<_, BoxError>(runs)

@@ -108,7 +108,7 @@ impl Sizes {
                 write_per_block: [10, 2],
                 write_warmup: 2,
                 backlog: 2_000,
-                batch_sizes: vec![500],
+                batch_sizes: vec![1000],
                 scaling: vec![1_000, 2_000],
                 scaling_d_max: 2_000,
                 scaling_note: Some("smoke run: 1,000 and 2,000 events only".into()),
@@ -126,7 +126,8 @@ impl Sizes {
             write_per_block: [150, 40],
             write_warmup: 30,
             backlog: if large { 1_000_000 } else { 100_000 },
-            batch_sizes: vec![500, 1000, 2000],
+            // The default batch size first: the what-if runs use it.
+            batch_sizes: vec![1000, 500, 2000],
             scaling: vec![10_000, 1_000_000],
             scaling_d_max: if large { 1_000_000 } else { 10_000 },
             scaling_note: (!large).then(|| {
@@ -253,7 +254,9 @@ async fn main() -> Result<()> {
             Phase::Write => results.write = write::run(&env, &args.sizes).await?,
             Phase::Relay => results.relay = Some(relay::throughput(&env, &args.sizes).await?),
             Phase::Latency => {
-                let half_r = results.relay.as_ref().and_then(|r| r.relay_rate_at(500));
+                let half_r = results.relay.as_ref().and_then(|r| {
+                    r.relay_rate_at(outbox_core::RelaySettings::default().batch_size)
+                });
                 results.latency = latency::run(&env, &args.sizes, half_r.map(|r| r / 2.0)).await?;
             }
             Phase::Scaling => {

@@ -108,7 +108,7 @@ fn dead(id: i64) -> AttemptFailure {
 /// hold nothing: claiming again returns the same events.
 pub async fn claims_pending_events_in_id_order<T: ConformanceTarget>(target: &T) {
     let store = leader(target).await;
-    assert!(store.claim_batch(10).await.unwrap().is_empty());
+    assert!(store.claim_batch(10, None).await.unwrap().is_empty());
     let written = event("a", "First")
         .with_key("key-a")
         .with_header("x-tenant", "t1");
@@ -119,9 +119,9 @@ pub async fn claims_pending_events_in_id_order<T: ConformanceTarget>(target: &T)
     }
     assert!(added.windows(2).all(|w| w[0] < w[1]), "ids increase");
 
-    let three = store.claim_batch(3).await.unwrap();
+    let three = store.claim_batch(3, None).await.unwrap();
     assert_eq!(ids(&three), added[..3]);
-    let all = store.claim_batch(10).await.unwrap();
+    let all = store.claim_batch(10, None).await.unwrap();
     assert_eq!(ids(&all), added, "claiming again returns the same events");
 
     let first = &all[0];
@@ -148,6 +148,39 @@ pub async fn claims_pending_events_in_id_order<T: ConformanceTarget>(target: &T)
     );
 }
 
+/// A claim above a cursor reads only higher ids, and nothing while an event backs off.
+pub async fn claims_above_a_cursor_read_only_higher_ids<T: ConformanceTarget>(target: &T) {
+    let store = leader(target).await;
+    let mut added = Vec::new();
+    for key in ["a", "b", "c", "d"] {
+        added.push(target.add(event(key, "T")).await);
+    }
+    assert_eq!(
+        ids(&store.claim_batch(10, Some(added[1])).await.unwrap()),
+        added[2..]
+    );
+    assert!(
+        store
+            .claim_batch(10, Some(added[3]))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    store
+        .record_failures(&[retry(added[0], Utc::now() + chrono::Duration::hours(1))])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_batch(10, Some(added[1]))
+            .await
+            .unwrap()
+            .is_empty(),
+        "while an event backs off only the full claim may run"
+    );
+    assert_eq!(ids(&store.claim_batch(10, None).await.unwrap()), added[1..]);
+}
+
 /// Acknowledged events are gone (deleted) and never claimed again; acknowledging unknown ids
 /// does nothing.
 pub async fn acknowledged_events_are_deleted<T: ConformanceTarget>(target: &T) {
@@ -156,7 +189,7 @@ pub async fn acknowledged_events_are_deleted<T: ConformanceTarget>(target: &T) {
     let b = target.add(event("b", "T")).await;
     assert_eq!(store.acknowledge(&[a]).await.unwrap(), 1);
     assert_eq!(target.row(a).await, None);
-    assert_eq!(ids(&store.claim_batch(10).await.unwrap()), [b]);
+    assert_eq!(ids(&store.claim_batch(10, None).await.unwrap()), [b]);
     assert_eq!(store.acknowledge(&[a, 999_999]).await.unwrap(), 0);
     assert_eq!(store.acknowledge(&[]).await.unwrap(), 0);
 }
@@ -178,7 +211,7 @@ pub async fn retention_keeps_rows_until_cleanup<T: ConformanceTarget>(target: &T
         let row = target.row(*id).await.expect("kept under retention");
         assert!(row.published);
     }
-    assert!(store.claim_batch(10).await.unwrap().is_empty());
+    assert!(store.claim_batch(10, None).await.unwrap().is_empty());
     assert_eq!(store.stats().await.unwrap().pending, 0);
     assert_eq!(
         store.delete_expired(10).await.unwrap(),
@@ -229,7 +262,7 @@ pub async fn a_retrying_event_holds_back_its_key<T: ConformanceTarget>(target: &
     assert!(row.next_attempt_at.is_some());
     assert!(!row.dead_lettered);
     assert_eq!(
-        ids(&store.claim_batch(10).await.unwrap()),
+        ids(&store.claim_batch(10, None).await.unwrap()),
         [b1, other_topic]
     );
 
@@ -239,7 +272,7 @@ pub async fn a_retrying_event_holds_back_its_key<T: ConformanceTarget>(target: &
         .unwrap();
     assert_eq!(target.row(a1).await.unwrap().attempts, 2);
     assert_eq!(
-        ids(&store.claim_batch(10).await.unwrap()),
+        ids(&store.claim_batch(10, None).await.unwrap()),
         [a1, b1, a2, other_topic]
     );
 }
@@ -259,7 +292,7 @@ pub async fn dead_letters_are_parked_listed_replayed_and_discarded<T: Conformanc
     assert!(target.row(d1).await.unwrap().dead_lettered);
     assert_eq!(target.row(d1).await.unwrap().attempts, 1);
     assert_eq!(
-        ids(&store.claim_batch(10).await.unwrap()),
+        ids(&store.claim_batch(10, None).await.unwrap()),
         [live, behind_d1],
         "a dead letter no longer holds its key back"
     );
@@ -303,7 +336,7 @@ pub async fn dead_letters_are_parked_listed_replayed_and_discarded<T: Conformanc
     let replayed = target.row(d1).await.unwrap();
     assert!(!replayed.dead_lettered);
     assert_eq!(replayed.attempts, 0);
-    assert!(ids(&store.claim_batch(10).await.unwrap()).contains(&d1));
+    assert!(ids(&store.claim_batch(10, None).await.unwrap()).contains(&d1));
 
     assert_eq!(
         store.discard(&[live]).await.unwrap(),
@@ -356,7 +389,7 @@ pub async fn only_one_store_leads<T: ConformanceTarget>(target: &T) {
     assert!(first.acquire_leadership().await.unwrap(), "idempotent");
     assert!(!second.acquire_leadership().await.unwrap());
     assert!(matches!(
-        second.claim_batch(10).await,
+        second.claim_batch(10, None).await,
         Err(OutboxError::LeadershipLost)
     ));
     assert!(matches!(
@@ -372,7 +405,7 @@ pub async fn only_one_store_leads<T: ConformanceTarget>(target: &T) {
     first.release_leadership().await.unwrap();
     assert!(second.acquire_leadership().await.unwrap());
     assert!(!first.acquire_leadership().await.unwrap());
-    assert_eq!(ids(&second.claim_batch(10).await.unwrap()), [id]);
+    assert_eq!(ids(&second.claim_batch(10, None).await.unwrap()), [id]);
 }
 
 /// Recording a failure for a row that is gone, or already published, changes nothing.
@@ -399,6 +432,7 @@ macro_rules! relay_store_conformance {
 
             $crate::relay_store_conformance!(@tests $make;
                 claims_pending_events_in_id_order,
+                claims_above_a_cursor_read_only_higher_ids,
                 acknowledged_events_are_deleted,
                 retention_keeps_rows_until_cleanup,
                 a_retrying_event_holds_back_its_key,

@@ -85,7 +85,17 @@ pub trait RelayStore: Send + Sync {
     /// Reads up to `limit` pending events in `id` order, skipping events whose retry time has
     /// not come and every event queued behind one of those with the same topic and key (so
     /// per-key order holds while an event backs off). Holds no lock after it returns.
-    async fn claim_batch(&self, limit: usize) -> Result<Vec<OutboxEvent>, OutboxError>;
+    ///
+    /// With `after`, only events with a higher id are read, and none at all while any event is
+    /// backing off after a failure (only the full claim keeps such keys in order). The worker
+    /// passes it while batches come back full and fully published, so the claim need not walk
+    /// again over rows it just deleted; it claims without it at least every `full_scan_interval`
+    /// to collect events committed late with a lower id.
+    async fn claim_batch(
+        &self,
+        limit: usize,
+        after: Option<i64>,
+    ) -> Result<Vec<OutboxEvent>, OutboxError>;
 
     /// Marks events as published, in one statement: deletes them, or records the publication
     /// time when published rows are kept for a retention period. Returns the rows affected.

@@ -74,6 +74,8 @@ pub struct MemoryStore {
     pub calls: AtomicUsize,
     /// Number of `claim_batch` calls through this handle.
     pub claims: AtomicUsize,
+    /// Number of those calls that started above a cursor.
+    pub claims_after: AtomicUsize,
 }
 
 impl MemoryStore {
@@ -98,6 +100,7 @@ impl MemoryStore {
             failing_acks: AtomicUsize::new(0),
             calls: AtomicUsize::new(0),
             claims: AtomicUsize::new(0),
+            claims_after: AtomicUsize::new(0),
         })
     }
 
@@ -113,9 +116,21 @@ impl MemoryStore {
 
     /// Adds an event (its topic defaults to `test-topic`) and returns its row id.
     pub fn add(&self, event: NewOutboxEvent) -> i64 {
+        let id = self.reserve_id();
+        self.add_reserved(id, event);
+        id
+    }
+
+    /// Takes the next id now, for an event added later with [`add_reserved`](Self::add_reserved):
+    /// a transaction that inserted early and commits late.
+    pub fn reserve_id(&self) -> i64 {
         let mut next_id = lock(&self.shared.next_id);
         *next_id += 1;
-        let id = *next_id;
+        *next_id
+    }
+
+    /// Adds an event under an id taken earlier with [`reserve_id`](Self::reserve_id).
+    pub fn add_reserved(&self, id: i64, event: NewOutboxEvent) {
         let key = event.key().to_owned();
         let row = MemoryRow {
             event: OutboxEvent {
@@ -138,7 +153,6 @@ impl MemoryStore {
             last_error: None,
         };
         lock(&self.shared.rows).insert(id, row);
-        id
     }
 
     /// Takes the leadership away from whoever holds it, as the death of the leader's database
@@ -325,12 +339,25 @@ impl RelayStore for MemoryStore {
         Ok(())
     }
 
-    async fn claim_batch(&self, limit: usize) -> Result<Vec<OutboxEvent>, OutboxError> {
+    async fn claim_batch(
+        &self,
+        limit: usize,
+        after: Option<i64>,
+    ) -> Result<Vec<OutboxEvent>, OutboxError> {
         self.call()?;
         self.claims.fetch_add(1, Ordering::SeqCst);
+        if after.is_some() {
+            self.claims_after.fetch_add(1, Ordering::SeqCst);
+        }
         self.leading()?;
         let now = Utc::now();
         let rows = lock(&self.shared.rows);
+        let retrying = rows
+            .values()
+            .any(|r| r.pending() && r.next_attempt_at.is_some());
+        if after.is_some() && retrying {
+            return Ok(Vec::new());
+        }
         let mut blocked: std::collections::HashMap<(&str, &str), i64> = Default::default();
         for row in rows.values().filter(|r| r.pending()) {
             if row.next_attempt_at.is_some_and(|t| t > now) {
@@ -342,6 +369,7 @@ impl RelayStore for MemoryStore {
         Ok(rows
             .values()
             .filter(|r| r.pending() && r.next_attempt_at.is_none_or(|t| t <= now))
+            .filter(|r| after.is_none_or(|a| r.event.id > a))
             .filter(|r| {
                 blocked
                     .get(&(r.event.topic.as_str(), r.event.key.as_str()))

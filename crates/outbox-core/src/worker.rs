@@ -362,6 +362,12 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
     // Results of a batch that could not be written back yet: written before any new claim, or
     // the same events would be sent again.
     let mut unwritten: Option<Outcome> = None;
+    // Claims may start above this id: every event up to it was published and acknowledged, or
+    // was committed late (the full scan, at least every `full_scan_interval`, collects those).
+    let mut cursor: Option<i64> = None;
+    let mut last_full_scan: Option<Instant> = None;
+    // The next batch, claimed while the current one was being sent.
+    let mut prefetched: Option<Vec<OutboxEvent>> = None;
 
     while !*stop.borrow() {
         match shared.store.acquire_leadership().await {
@@ -376,11 +382,13 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
                     );
                     shared.unacknowledged.store(0, Ordering::SeqCst);
                 }
+                (cursor, prefetched) = (None, None);
                 sleep_or_stop(settings.leader_retry_interval, &mut stop).await;
                 continue;
             }
             Err(e) => {
                 shared.set_leader(false);
+                (cursor, prefetched) = (None, None);
                 store_failed(&shared, e, "acquire leadership", &mut transient, &mut stop).await;
                 continue;
             }
@@ -394,11 +402,23 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
             continue;
         }
 
-        let batch = match shared.store.claim_batch(settings.batch_size).await {
-            Ok(batch) => batch,
-            Err(e) => {
-                store_failed(&shared, e, "claim", &mut transient, &mut stop).await;
-                continue;
+        let batch = match prefetched.take() {
+            Some(batch) => batch,
+            None => {
+                let full_scan_due =
+                    last_full_scan.is_none_or(|t| t.elapsed() >= settings.full_scan_interval);
+                let after = cursor.filter(|_| !full_scan_due);
+                if after.is_none() {
+                    last_full_scan = Some(Instant::now());
+                }
+                match shared.store.claim_batch(settings.batch_size, after).await {
+                    Ok(batch) => batch,
+                    Err(e) => {
+                        cursor = None;
+                        store_failed(&shared, e, "claim", &mut transient, &mut stop).await;
+                        continue;
+                    }
+                }
             }
         };
         let now = Utc::now();
@@ -406,26 +426,45 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
         metrics::gauge!(m::RELAY_LAST_POLL_TIMESTAMP_SECONDS)
             .set(now.timestamp_millis() as f64 / 1000.0);
 
-        if batch.is_empty() {
-            transient.reset();
-            wait_for_work(&shared, idle, &mut stop).await;
-            idle = (idle * 2).min(settings.poll_interval);
+        let Some(last_id) = batch.last().map(|e| e.id) else {
+            // Nothing above the cursor (or nothing at all): the next claim is a full scan.
+            if cursor.take().is_none() {
+                transient.reset();
+                wait_for_work(&shared, idle, &mut stop).await;
+                idle = (idle * 2).min(settings.poll_interval);
+            }
             continue;
-        }
+        };
 
         let started = Instant::now();
         let full = batch.len() >= settings.batch_size;
-        let outcome = publish_batch(&shared, &batch).await;
+        // While batches come back full, claim the next one as this one is sent: its events
+        // are sent only after this batch is acknowledged, so at most one batch is ever
+        // unacknowledged, and only if this one is published whole.
+        let prefetch =
+            full && last_full_scan.is_some_and(|t| t.elapsed() < settings.full_scan_interval);
+        let (outcome, next) = if prefetch {
+            let (outcome, next) = tokio::join!(
+                publish_batch(&shared, &batch),
+                shared.store.claim_batch(settings.batch_size, Some(last_id))
+            );
+            (outcome, next.ok().filter(|next| !next.is_empty()))
+        } else {
+            (publish_batch(&shared, &batch).await, None)
+        };
+        let clean = outcome.failures.is_empty() && outcome.left_pending == 0;
         let transient_error = outcome.transient_error.clone();
         let written = write_back(&shared, &outcome).await;
         metrics::histogram!(m::RELAY_BATCH_DURATION_SECONDS)
             .record(started.elapsed().as_secs_f64());
         if let Err(e) = written {
             unwritten = Some(outcome);
+            cursor = None;
             store_failed(&shared, e, "acknowledge", &mut transient, &mut stop).await;
             continue;
         }
         if let Some(error) = transient_error {
+            cursor = None;
             let delay = transient.next();
             warn!(
                 error = %error,
@@ -438,6 +477,12 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
         }
         transient.reset();
         idle = settings.min_poll_interval;
+        if clean && full {
+            cursor = Some(last_id);
+            prefetched = next;
+        } else {
+            cursor = None;
+        }
         if !full {
             // The backlog is drained: wait briefly for more, or for a wake-up.
             wait_for_work(&shared, idle, &mut stop).await;

@@ -890,3 +890,68 @@ async fn a_claim_that_fails_while_leading_backs_off_and_recovers() {
     until("delivered", || publisher.delivered().len() == 1).await;
     worker.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn full_batches_are_claimed_above_the_last_and_late_commits_are_collected() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let late = store.reserve_id();
+    for n in 0..40 {
+        store.add(event(&format!("k{}", n % 4), n));
+    }
+    let settings = fast()
+        .with_batch_size(4)
+        .with_full_scan_interval(Duration::from_millis(200));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+    until("the backlog relayed", || publisher.delivered().len() == 40).await;
+    assert!(
+        store.claims_after.load(Ordering::SeqCst) >= 5,
+        "full batches were claimed above the previous one"
+    );
+    // A transaction that took an id before all of those commits only now.
+    store.add_reserved(late, event("late", 0));
+    until("the late event relayed", || {
+        publisher.delivered().len() == 41
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert_eq!(
+        payloads(&publisher).last().map(String::as_str),
+        Some("late:0")
+    );
+}
+
+#[tokio::test]
+async fn the_next_batch_is_claimed_while_one_is_sent_but_never_sent_before_its_ack() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    for n in 0..6 {
+        store.add(event("a", n));
+    }
+    publisher.hang();
+    let worker =
+        EventRelayWorker::new(store.clone(), publisher.clone(), fast().with_batch_size(3)).unwrap();
+    worker.start().unwrap();
+    until("the first batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    until("the second claimed meanwhile", || {
+        store.claims.load(Ordering::SeqCst) >= 2
+    })
+    .await;
+    assert_eq!(store.pending(), 6, "nothing acknowledged yet");
+    assert_eq!(
+        publisher.publishes.load(Ordering::SeqCst),
+        1,
+        "the second waits for the ack"
+    );
+    publisher.release();
+    until("both delivered", || store.pending() == 0).await;
+    worker.stop().await.unwrap();
+    assert_eq!(
+        payloads(&publisher),
+        ["a:0", "a:1", "a:2", "a:3", "a:4", "a:5"]
+    );
+}

@@ -1,11 +1,12 @@
 //! The Kafka publisher of the transactional outbox, on rdkafka (librdkafka).
 //!
 //! [`KafkaPublisher`] implements [`outbox_core::EventPublisher`]: it sends each relay batch in
-//! bulk with an idempotent producer (`acks=all`, the Java client's `murmur2_random` partitioner, a
-//! small `linger.ms`), awaits the acknowledgements together, checks message sizes before sending
-//! so an oversized event is failed (and in the end dead-lettered) instead of retried forever, and
-//! classifies errors as transient or permanent. Any producer property passes through
-//! [`KafkaConfig::with_property`] (TLS and SASL for managed clusters).
+//! bulk with an idempotent producer (`acks=all`, the Java client's `murmur2_random` partitioner,
+//! `linger.ms=0` as the relay hands it whole batches), awaits the acknowledgements together,
+//! checks message sizes before sending so an oversized event is failed (and in the end
+//! dead-lettered) instead of retried forever, and classifies errors as transient or permanent.
+//! Any producer property passes through [`KafkaConfig::with_property`] (TLS and SASL for managed
+//! clusters).
 //!
 //! # Example
 //!

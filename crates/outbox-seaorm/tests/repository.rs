@@ -181,7 +181,7 @@ async fn rows_edited_into_a_bad_shape_are_claimed_as_defective() {
             .is_err()
     );
     assert!(outbox.acquire_leadership().await.unwrap());
-    let batch = outbox.claim_batch(10).await.unwrap();
+    let batch = outbox.claim_batch(10, None).await.unwrap();
     assert_eq!(batch.len(), 2, "one bad row does not fail the claim");
     assert_eq!(batch[0].defect, None);
     assert!(batch[1].defect.as_deref().unwrap().contains("header `x`"));
@@ -263,14 +263,15 @@ async fn a_standby_takes_over_when_the_leaders_session_dies() {
     outbox_writer(&conn).await;
     assert!(active.acquire_leadership().await.unwrap());
     assert!(!standby.acquire_leadership().await.unwrap());
-    assert_eq!(active.claim_batch(10).await.unwrap().len(), 1);
+    assert_eq!(active.claim_batch(10, None).await.unwrap().len(), 1);
 
     // Kill the leader's session from outside, as a network failure or a DBA would.
     let killed = conn
         .query_one_raw(Statement::from_string(
             sea_orm::DbBackend::Postgres,
             "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_locks
-             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()",
+             WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+               AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
         ))
         .await
         .unwrap()
@@ -285,7 +286,7 @@ async fn a_standby_takes_over_when_the_leaders_session_dies() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(matches!(
-        active.claim_batch(10).await,
+        active.claim_batch(10, None).await,
         Err(OutboxError::LeadershipLost)
     ));
     assert!(matches!(
@@ -296,7 +297,7 @@ async fn a_standby_takes_over_when_the_leaders_session_dies() {
         !active.acquire_leadership().await.unwrap(),
         "the old leader is a standby now"
     );
-    assert_eq!(standby.claim_batch(10).await.unwrap().len(), 1);
+    assert_eq!(standby.claim_batch(10, None).await.unwrap().len(), 1);
 }
 
 async fn outbox_writer(conn: &DatabaseConnection) {
@@ -336,4 +337,167 @@ fn a_non_postgres_connection_is_refused() {
         PostgresOutbox::new(disconnected),
         Err(OutboxError::Config(_))
     ));
+}
+
+async fn claim_ids(store: &PostgresOutbox, limit: usize, after: Option<i64>) -> Vec<i64> {
+    store
+        .claim_batch(limit, after)
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.id)
+        .collect()
+}
+
+async fn id_of(conn: &DatabaseConnection, event_id: outbox_core::EventId) -> i64 {
+    entity::Entity::find()
+        .filter(entity::Column::EventId.eq(event_id.as_uuid()))
+        .one(conn)
+        .await
+        .unwrap()
+        .unwrap()
+        .id
+}
+
+#[tokio::test]
+async fn an_event_committed_late_below_the_cursor_is_left_to_the_full_claim() {
+    let (_db, conn) = migrated().await;
+    let writer = PostgresOutbox::new(conn.clone()).unwrap();
+    let late_txn = conn.begin().await.unwrap();
+    let late = writer.add_event(&late_txn, event("late")).await.unwrap();
+    for n in 0..4 {
+        writer
+            .add_event(&conn, event(&format!("k{n}")))
+            .await
+            .unwrap();
+    }
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
+    assert!(store.acquire_leadership().await.unwrap());
+
+    let first = claim_ids(&store, 2, None).await;
+    store.acknowledge(&first).await.unwrap();
+    late_txn.commit().await.unwrap();
+    let late_id = id_of(&conn, late).await;
+    assert!(late_id < first[0], "the late event took the lowest id");
+
+    let above = claim_ids(&store, 2, Some(first[1])).await;
+    assert!(!above.contains(&late_id));
+    assert!(above.iter().all(|id| *id > first[1]));
+    assert_eq!(
+        claim_ids(&store, 1, None).await,
+        [late_id],
+        "the full claim finds it"
+    );
+}
+
+#[tokio::test]
+async fn while_an_event_backs_off_no_event_of_its_key_is_skipped() {
+    let (_db, conn) = migrated().await;
+    let writer = PostgresOutbox::new(conn.clone()).unwrap();
+    let mut ids = Vec::new();
+    for key in ["a", "a", "b", "b", "a"] {
+        let event_id = writer.add_event(&conn, event(key)).await.unwrap();
+        ids.push(id_of(&conn, event_id).await);
+    }
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
+    assert!(store.acquire_leadership().await.unwrap());
+    assert_eq!(claim_ids(&store, 2, None).await, ids[..2]);
+    // a's first event fails; a's second waits behind it (not acknowledged, not failed).
+    store
+        .record_failures(&[outbox_core::AttemptFailure {
+            id: ids[0],
+            event_id: outbox_core::EventId::new(),
+            topic: "orders".into(),
+            error: "refused".into(),
+            outcome: outbox_core::FailureOutcome::RetryAt(
+                chrono::Utc::now() + chrono::Duration::milliseconds(300),
+            ),
+        }])
+        .await
+        .unwrap();
+    let b = claim_ids(&store, 2, None).await;
+    assert_eq!(b, ids[2..4], "b flows while a backs off");
+    store.acknowledge(&b).await.unwrap();
+    assert!(
+        claim_ids(&store, 2, Some(ids[3])).await.is_empty(),
+        "above a cursor, nothing while an event backs off"
+    );
+    assert!(claim_ids(&store, 10, None).await.is_empty(), "a waits");
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert_eq!(
+        claim_ids(&store, 10, None).await,
+        [ids[0], ids[1], ids[4]],
+        "a in order"
+    );
+}
+
+#[tokio::test]
+async fn acknowledging_more_ids_than_one_statement_carries_deletes_them_all() {
+    let (_db, conn) = migrated().await;
+    conn.execute_unprepared(
+        "INSERT INTO event_outbox (event_id, aggregate_type, aggregate_id, event_type, topic, event_key, payload)
+         SELECT gen_random_uuid(), 'a', 'k', 'T', 't', 'k' || n, '\\x00' FROM generate_series(1, 2500) AS n",
+    )
+    .await
+    .unwrap();
+    let store = PostgresOutbox::new(conn.clone()).unwrap().with_lock_key(7);
+    assert!(store.acquire_leadership().await.unwrap());
+    let batch = claim_ids(&store, 2500, None).await;
+    assert_eq!(store.acknowledge(&batch).await.unwrap(), 2500);
+    assert_eq!(count(&conn).await, 0);
+}
+
+#[tokio::test]
+async fn relays_with_the_same_lock_key_exclude_each_other_and_others_do_not() {
+    let (_db, conn) = migrated().await;
+    let first = PostgresOutbox::new(conn.clone()).unwrap().with_lock_key(42);
+    let same = PostgresOutbox::new(conn.clone()).unwrap().with_lock_key(42);
+    let other = PostgresOutbox::new(conn.clone()).unwrap().with_lock_key(43);
+    assert!(first.acquire_leadership().await.unwrap());
+    assert!(!same.acquire_leadership().await.unwrap());
+    assert!(other.acquire_leadership().await.unwrap());
+    assert!(format!("{first:?}").contains("lock_key: Some(42)"));
+    assert!(first.connection().ping().await.is_ok());
+}
+
+#[tokio::test]
+async fn dead_letters_are_filtered_by_every_field_and_malformed_ones_are_listed() {
+    use outbox_core::{DeadLetterFilter, DeadLetterStore};
+    let (_db, conn) = migrated().await;
+    conn.execute_unprepared(
+        "INSERT INTO event_outbox (event_id, aggregate_type, aggregate_id, event_type, topic, event_key, payload, headers)
+         VALUES (gen_random_uuid(), 'order', 'o-1', 'Placed', 'orders', 'o-1', '\\x00', '{}'),
+                (gen_random_uuid(), 'order', 'o-2', 'Placed', 'orders', 'o-2', '\\x00', '{\"x\": [1]}'),
+                (gen_random_uuid(), 'user', 'u-1', 'Joined', 'users', 'u-1', '\\x00', '{}');
+         UPDATE event_outbox SET dead_lettered_at = now() - interval '1 hour', last_error = 'e';",
+    )
+    .await
+    .unwrap();
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
+    let now = chrono::Utc::now();
+    let filter = DeadLetterFilter {
+        topic: Some("orders".into()),
+        event_type: Some("Placed".into()),
+        aggregate_type: Some("order".into()),
+        aggregate_id: Some("o-2".into()),
+        since: Some(now - chrono::Duration::hours(2)),
+        until: Some(now),
+    };
+    let found = store.dead_letters(&filter, 10).await.unwrap();
+    assert_eq!(found.len(), 1);
+    assert!(
+        found[0]
+            .event
+            .defect
+            .as_deref()
+            .unwrap()
+            .contains("header `x`")
+    );
+    assert_eq!(store.replay(&[]).await.unwrap(), 0);
+    assert_eq!(store.discard(&[]).await.unwrap(), 0);
+    let none = DeadLetterFilter {
+        until: Some(now - chrono::Duration::hours(3)),
+        ..DeadLetterFilter::default()
+    };
+    assert!(store.dead_letters(&none, 10).await.unwrap().is_empty());
 }

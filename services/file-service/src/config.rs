@@ -155,7 +155,7 @@ fn relay_settings(env: &dyn Env) -> Result<RelaySettings, ConfigError> {
         relay = relay.with_max_attempts(n);
     }
     type Setter = fn(RelaySettings, Duration) -> RelaySettings;
-    let durations: [(&str, Setter); 10] = [
+    let durations: [(&str, Setter); 11] = [
         ("OUTBOX_POLL_INTERVAL_MS", RelaySettings::with_poll_interval),
         (
             "OUTBOX_MIN_POLL_INTERVAL_MS",
@@ -184,6 +184,10 @@ fn relay_settings(env: &dyn Env) -> Result<RelaySettings, ConfigError> {
         (
             "OUTBOX_STATS_INTERVAL_MS",
             RelaySettings::with_stats_interval,
+        ),
+        (
+            "OUTBOX_FULL_SCAN_INTERVAL_MS",
+            RelaySettings::with_full_scan_interval,
         ),
         (
             "OUTBOX_CLEANUP_INTERVAL_MS",

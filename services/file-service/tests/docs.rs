@@ -154,7 +154,7 @@ async fn every_sql_statement_of_the_playbook_runs() {
     );
     // The playbook's pg_terminate_backend ended the relay's session.
     assert!(matches!(
-        relay.claim_batch(10).await,
+        relay.claim_batch(10, None).await,
         Err(OutboxError::LeadershipLost)
     ));
     // The replay statement made dead letter 42 pending again (so the discard after it, which

@@ -234,9 +234,13 @@ impl RelayStore for CountingStore {
         self.inner.release_leadership().await
     }
 
-    async fn claim_batch(&self, limit: usize) -> Result<Vec<OutboxEvent>, OutboxError> {
+    async fn claim_batch(
+        &self,
+        limit: usize,
+        after: Option<i64>,
+    ) -> Result<Vec<OutboxEvent>, OutboxError> {
         self.count();
-        self.inner.claim_batch(limit).await
+        self.inner.claim_batch(limit, after).await
     }
 
     async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError> {
