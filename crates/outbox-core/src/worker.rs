@@ -222,11 +222,12 @@ impl EventRelayWorker {
         }
         let relay = tokio::spawn(run(self.shared.clone(), stop_rx.clone()));
         let housekeeping = tokio::spawn(housekeeping(self.shared.clone(), stop_rx));
+        let settings = &self.shared.settings;
+        let (batch_size, max_attempts) = (settings.batch_size, settings.max_attempts);
+        let poll_interval_ms = millis(settings.poll_interval);
         info!(
-            batch_size = self.shared.settings.batch_size,
-            poll_interval_ms = self.shared.settings.poll_interval.as_millis() as u64,
-            max_attempts = self.shared.settings.max_attempts,
-            "outbox relay started"
+            batch_size,
+            poll_interval_ms, max_attempts, "outbox relay started"
         );
         *tasks = Some(Tasks {
             stop,
@@ -256,10 +257,10 @@ impl EventRelayWorker {
             Ok(joined) => joined.unwrap_or_else(|e| Err(OutboxError::WorkerFailed(e.to_string()))),
             Err(_) => {
                 let unacknowledged = self.shared.unacknowledged.load(Ordering::SeqCst);
+                let timeout_ms = millis(timeout);
                 warn!(
                     unacknowledged,
-                    timeout_ms = timeout.as_millis() as u64,
-                    "outbox relay shutdown timed out; aborting sends still in flight"
+                    timeout_ms, "outbox relay shutdown timed out; aborting sends still in flight"
                 );
                 self.shared.publisher.abort_in_flight();
                 // A publisher that ignores the abort does not get to hang shutdown for good.
@@ -341,6 +342,11 @@ impl Outcome {
     }
 }
 
+/// Whole milliseconds, for log fields.
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// Waits `duration`, or less if a stop is requested. Returns `true` when stopping.
 async fn sleep_or_stop(duration: Duration, stop: &mut watch::Receiver<bool>) -> bool {
     if *stop.borrow() {
@@ -375,8 +381,9 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
             Ok(false) => {
                 shared.set_leader(false);
                 if let Some(lost) = unwritten.take() {
+                    let published = lost.published.len();
                     warn!(
-                        published = lost.published.len(),
+                        published,
                         "outbox relay lost the leadership before acknowledging a batch; the new \
                          leader will send those events again (duplicates carry the same event_id)"
                     );
@@ -466,10 +473,11 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
         if let Some(error) = transient_error {
             cursor = None;
             let delay = transient.next();
+            let (consecutive_failures, retry_in_ms) = (transient.failures(), millis(delay));
             warn!(
                 error = %error,
-                consecutive_failures = transient.failures(),
-                retry_in_ms = delay.as_millis() as u64,
+                consecutive_failures,
+                retry_in_ms,
                 "outbox relay backing off after a transient publish failure"
             );
             sleep_or_stop(delay, &mut stop).await;
@@ -506,10 +514,11 @@ async fn store_failed(
         yield_leadership(shared, stop).await;
     } else {
         let delay = transient.next();
+        let retry_in_ms = millis(delay);
         warn!(
             error = %error,
             operation,
-            retry_in_ms = delay.as_millis() as u64,
+            retry_in_ms,
             "outbox relay cannot reach the store; backing off"
         );
         sleep_or_stop(delay, stop).await;
@@ -659,13 +668,16 @@ async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Outcome {
     for (topic, count) in per_topic {
         metrics::counter!(m::EVENTS_RELAYED_TOTAL, "topic" => topic.to_owned()).increment(count);
     }
+    let (claimed, published, failed) =
+        (batch.len(), outcome.published.len(), outcome.failures.len());
+    let (first_id, last_id) = (batch.first().map(|e| e.id), batch.last().map(|e| e.id));
     debug!(
-        claimed = batch.len(),
-        published = outcome.published.len(),
-        failed = outcome.failures.len(),
+        claimed,
+        published,
+        failed,
         left_pending = outcome.left_pending,
-        first_id = batch.first().map(|e| e.id),
-        last_id = batch.last().map(|e| e.id),
+        first_id,
+        last_id,
         "outbox relay batch"
     );
     outcome
@@ -795,11 +807,11 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                     }
                 }
             }
+            let retention_s = retention.as_secs();
             if deleted > 0 {
                 info!(
                     deleted,
-                    retention_s = retention.as_secs(),
-                    "outbox cleanup deleted expired published rows"
+                    retention_s, "outbox cleanup deleted expired published rows"
                 );
             }
         }

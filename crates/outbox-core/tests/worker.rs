@@ -955,3 +955,31 @@ async fn the_next_batch_is_claimed_while_one_is_sent_but_never_sent_before_its_a
         ["a:0", "a:1", "a:2", "a:3", "a:4", "a:5"]
     );
 }
+
+#[tokio::test]
+async fn stop_acknowledges_a_batch_whose_acknowledgement_failed_once() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    for n in 0..3 {
+        store.add(event("a", n));
+    }
+    publisher.hang();
+    store.failing_acks.store(1, Ordering::SeqCst);
+    let settings = fast().with_transient_backoff_base(Duration::from_millis(50));
+    let worker =
+        Arc::new(EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap());
+    worker.start().unwrap();
+    until("a batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    let stopping = tokio::spawn({
+        let worker = worker.clone();
+        async move { worker.stop().await }
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    publisher.release();
+    stopping.await.unwrap().unwrap();
+    assert_eq!(store.pending(), 0, "acknowledged on the way out");
+    assert_eq!(publisher.delivered().len(), 3);
+}

@@ -501,3 +501,39 @@ async fn dead_letters_are_filtered_by_every_field_and_malformed_ones_are_listed(
     };
     assert!(store.dead_letters(&none, 10).await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn database_errors_are_reported_as_such_and_close_the_relay_session() {
+    use outbox_core::{DeadLetterStore, OutboxCleanup};
+    // A database without the outbox table: every statement on it fails.
+    let db = TestDatabase::create().await;
+    let conn = db.connect().await;
+    let store = PostgresOutbox::new(conn.clone())
+        .unwrap()
+        .with_retention(Some(Duration::from_secs(60)));
+    assert!(matches!(
+        store.add_event(&conn, event("o-1")).await,
+        Err(OutboxError::Database(_))
+    ));
+    assert!(matches!(store.stats().await, Err(OutboxError::Database(_))));
+    assert!(matches!(
+        store.dead_letters(&Default::default(), 10).await,
+        Err(OutboxError::Database(_))
+    ));
+    assert!(matches!(
+        store.delete_expired(10).await,
+        Err(OutboxError::Database(_))
+    ));
+    assert!(
+        store.acquire_leadership().await.unwrap(),
+        "the lock needs no table"
+    );
+    assert!(matches!(
+        store.claim_batch(10, None).await,
+        Err(OutboxError::LeadershipLost)
+    ));
+    assert!(
+        store.acquire_leadership().await.unwrap(),
+        "a new session takes the lock again"
+    );
+}
