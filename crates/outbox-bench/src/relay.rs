@@ -43,26 +43,6 @@ use crate::env::{
 use crate::stats::{Summary, round3};
 use crate::{Context, Result, Sizes};
 
-/// The relay's claim, character for character as `PostgresOutbox::claim_batch` runs it (the
-/// library keeps it private), for EXPLAIN ANALYZE and for timing the bare query.
-const CLAIM: &str = "\
-WITH blocked AS (
-    SELECT topic, event_key, min(id) AS first_id
-    FROM event_outbox
-    WHERE next_attempt_at > now() AND published_at IS NULL AND dead_lettered_at IS NULL
-    GROUP BY topic, event_key
-)
-SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
-       o.payload, o.headers, o.created_at, o.attempts
-FROM event_outbox o
-WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
-  AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
-  AND NOT EXISTS (
-      SELECT 1 FROM blocked b
-      WHERE b.topic = o.topic AND b.event_key = o.event_key AND b.first_id < o.id)
-ORDER BY o.id
-LIMIT $1";
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Step {
     Claim,
@@ -465,8 +445,8 @@ impl Explain {
 
 /// Runs EXPLAIN (ANALYZE, BUFFERS) of the claim with `limit`, and times the bare query.
 ///
-/// With `after`, the claim also gets `AND o.id > after`: what starting the scan after the last
-/// acknowledged id (instead of at the lowest id in the index) would cost.
+/// With `after`, the claim above that cursor, as the relay runs it while batches come back full
+/// (the scan starts after the rows already deleted).
 pub(crate) async fn explain_claim(
     env: &Env,
     limit: usize,
@@ -474,11 +454,8 @@ pub(crate) async fn explain_claim(
     after: Option<i64>,
 ) -> Result<Explain> {
     let claim = match after {
-        Some(id) => CLAIM.replace(
-            "ORDER BY o.id",
-            &format!("  AND o.id > {id}\nORDER BY o.id"),
-        ),
-        None => CLAIM.to_owned(),
+        Some(id) => outbox_seaorm::CLAIM_AFTER.replace("$2", &id.to_string()),
+        None => outbox_seaorm::CLAIM.to_owned(),
     };
     let sql = format!(
         "EXPLAIN (ANALYZE, BUFFERS) {}",

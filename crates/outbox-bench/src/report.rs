@@ -231,8 +231,9 @@ fn explain_pair(out: &mut String, what: &str, plain: &Explain, keyset: &Explain)
     explain_block(
         out,
         &format!(
-            "\nWhat-if at the same moment: the claim with `AND o.id > {}` (the last acknowledged \
-             id) added, so the scan starts after the rows already deleted",
+            "\nAt the same moment, the claim above the cursor `{}` (the last acknowledged id), as \
+             the relay runs it while batches come back full: the scan starts after the rows \
+             already deleted",
             keyset.after.unwrap_or_default()
         ),
         keyset,

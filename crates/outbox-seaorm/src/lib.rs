@@ -39,4 +39,4 @@ pub mod migration;
 mod repository;
 
 pub use migration::{CreateEventOutbox, OutboxMigrator};
-pub use repository::PostgresOutbox;
+pub use repository::{CLAIM, CLAIM_AFTER, PostgresOutbox};

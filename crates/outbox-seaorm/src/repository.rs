@@ -32,9 +32,10 @@ const INSERT_ONE: &str = "INSERT INTO event_outbox \
      (event_id, aggregate_type, aggregate_id, event_type, topic, event_key, payload, headers) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
-/// Pending events in id order, skipping those backing off and everything queued behind them on
-/// the same topic and key.
-const CLAIM: &str = "\
+/// The relay's full claim (`claim_batch(limit, None)`, `$1` = limit): pending events in id order,
+/// skipping those backing off and everything queued behind them on the same topic and key.
+/// Public for `EXPLAIN` by operators and the benchmark.
+pub const CLAIM: &str = "\
 WITH blocked AS (
     SELECT topic, event_key, min(id) AS first_id
     FROM event_outbox
@@ -52,10 +53,11 @@ WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
 ORDER BY o.id
 LIMIT $1";
 
-/// The claim above a cursor (`claim_batch(limit, Some(after))`): only rows above it, so the index
-/// scan does not walk again over rows deleted since the last vacuum. It returns nothing while any
-/// event is backing off after a failure (then only the full claim keeps keys in order).
-const CLAIM_AFTER: &str = "\
+/// The claim above a cursor (`claim_batch(limit, Some(after))`, `$1` = limit, `$2` = after): only
+/// rows above it, so the index scan does not walk again over rows deleted since the last vacuum.
+/// It returns nothing while any event is backing off after a failure (then only the full claim
+/// keeps keys in order). Public for `EXPLAIN` by operators and the benchmark.
+pub const CLAIM_AFTER: &str = "\
 SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
        o.payload, o.headers, o.created_at, o.attempts
 FROM event_outbox o
