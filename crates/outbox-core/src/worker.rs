@@ -595,9 +595,9 @@ async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Outcome {
     // Keys with a failed event in this batch: their later events wait for a later batch, so
     // per-key order holds.
     let mut held: HashSet<(&str, &str)> = HashSet::new();
-    let mut to_send: Vec<OutboxEvent> = Vec::with_capacity(batch.len());
+    let mut sendable: Vec<usize> = Vec::with_capacity(batch.len());
 
-    for event in batch {
+    for (index, event) in batch.iter().enumerate() {
         let key = (event.topic.as_str(), event.key.as_str());
         if held.contains(&key) {
             outcome.left_pending += 1;
@@ -608,7 +608,7 @@ async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Outcome {
             None => shared.publisher.check(event),
         };
         match checked {
-            Ok(()) => to_send.push(event.clone()),
+            Ok(()) => sendable.push(index),
             Err(error) => {
                 held.insert(key);
                 fail(shared, event, error, &mut outcome);
@@ -616,11 +616,19 @@ async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Outcome {
         }
     }
 
-    if to_send.is_empty() {
+    if sendable.is_empty() {
         return outcome;
     }
+    // Usually every event goes: send the batch as it is. Copy only when some stay behind.
+    let filtered: Vec<OutboxEvent>;
+    let to_send: &[OutboxEvent] = if sendable.len() == batch.len() {
+        batch
+    } else {
+        filtered = sendable.iter().map(|&i| batch[i].clone()).collect();
+        &filtered
+    };
     shared.unacknowledged.store(to_send.len(), Ordering::SeqCst);
-    let results = shared.publisher.publish(&to_send).await;
+    let results = shared.publisher.publish(to_send).await;
     let acked_at = Utc::now();
 
     let mut per_topic: HashMap<&str, u64> = HashMap::new();
