@@ -175,6 +175,26 @@ pub fn check_delivery(written: &[Written], received: &[Received]) -> DeliveryRep
     report
 }
 
+/// Reads `topic` until `expected` messages arrived (for at most a minute) and then `quiet` passed
+/// without more, and compares what arrived with what was written.
+pub async fn delivery(
+    bootstrap: &str,
+    topic: &str,
+    written: &[Written],
+    expected: usize,
+    quiet: Duration,
+) -> DeliveryReport {
+    let received = outbox_test_harness::consume_until_quiet(
+        bootstrap,
+        topic,
+        expected,
+        Duration::from_secs(60),
+        quiet,
+    )
+    .await;
+    check_delivery(written, &received)
+}
+
 /// Waits until `done` holds, polling every 20 ms, for at most `timeout`.
 pub async fn wait_until<F, Fut>(what: &str, timeout: Duration, mut done: F)
 where

@@ -8,7 +8,7 @@ use outbox_core::{
     DeadLetterFilter, DeadLetterStore, EventRelayWorker, NewOutboxEvent, OutboxWriter, RelayStore,
 };
 use outbox_e2e::{
-    CountingStore, Written, check_delivery, fast_settings, keys, migrated, wait_until, write_events,
+    CountingStore, Written, delivery, fast_settings, keys, migrated, wait_until, write_events,
 };
 use outbox_kafka::{KafkaConfig, KafkaPublisher};
 use outbox_seaorm::{PostgresOutbox, entity};
@@ -82,15 +82,14 @@ async fn a_broker_outage_dead_letters_nothing_and_every_event_arrives_in_order_a
     .await;
     worker.stop().await.unwrap();
 
-    let received = consume_until_quiet(
+    let report = delivery(
         &node.bootstrap(),
         topic.name(),
+        &written,
         written.len(),
-        Duration::from_secs(60),
         Duration::from_secs(2),
     )
     .await;
-    let report = check_delivery(&written, &received);
     println!(
         "broker outage: {} events written, {} messages received, {} duplicates",
         written.len(),
@@ -152,15 +151,14 @@ async fn the_relay_recovers_from_a_postgres_restart_without_restarting_the_proce
     assert!(worker.status().leader, "the relay took its leadership back");
     worker.stop().await.unwrap();
 
-    let received = consume_until_quiet(
+    let report = delivery(
         &topic.bootstrap(),
         topic.name(),
+        &written,
         written.len(),
-        Duration::from_secs(60),
         Duration::from_secs(1),
     )
     .await;
-    let report = check_delivery(&written, &received);
     assert!(report.is_complete_and_ordered(), "{report:?}");
     assert!(report.duplicates <= 100, "{report:?}");
 }

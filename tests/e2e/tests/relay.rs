@@ -9,7 +9,9 @@ use outbox_core::{
     Delivery, EventPublisher, EventRelayWorker, NewOutboxEvent, OutboxEvent, OutboxWriter,
     PublishError,
 };
-use outbox_e2e::{check_delivery, fast_settings, keys, migrated, wait_until, write_events};
+use outbox_e2e::{
+    check_delivery, delivery, fast_settings, keys, migrated, wait_until, write_events,
+};
 use outbox_kafka::{KafkaConfig, KafkaPublisher};
 use outbox_seaorm::{PostgresOutbox, entity};
 use outbox_test_harness::{TestDatabase, TestTopic, consume_until_quiet, init_tracing};
@@ -84,15 +86,14 @@ async fn a_graceful_stop_leaves_nothing_sent_but_unacknowledged() {
     worker.stop().await.unwrap();
     let left = pending(&conn).await as usize;
 
-    let received = consume_until_quiet(
+    let report = delivery(
         &topic.bootstrap(),
         topic.name(),
+        &written,
         written.len() - left,
-        Duration::from_secs(60),
         Duration::from_secs(2),
     )
     .await;
-    let report = check_delivery(&written, &received);
     assert_eq!(report.duplicates, 0);
     assert_eq!(report.unexpected, 0);
     assert!(report.order_violations.is_empty(), "{report:?}");
@@ -190,15 +191,14 @@ async fn a_relay_killed_between_kafka_ack_and_database_ack_loses_nothing() {
     .await;
     second.stop().await.unwrap();
 
-    let received = consume_until_quiet(
+    let report = delivery(
         &topic.bootstrap(),
         topic.name(),
+        &written,
         written.len() + batch_size,
-        Duration::from_secs(20),
         Duration::from_secs(2),
     )
     .await;
-    let report = check_delivery(&written, &received);
     println!(
         "killed relay: {} messages for {} events, {} duplicates (batch size {batch_size})",
         report.received,
@@ -274,15 +274,14 @@ async fn of_two_relays_only_one_publishes_and_the_other_takes_over_when_its_sess
 
     a.stop().await.unwrap();
     b.stop().await.unwrap();
-    let received = consume_until_quiet(
+    let report = delivery(
         &topic.bootstrap(),
         topic.name(),
+        &written,
         written.len(),
-        Duration::from_secs(60),
         Duration::from_secs(1),
     )
     .await;
-    let report = check_delivery(&written, &received);
     assert!(report.is_complete_and_ordered(), "{report:?}");
     assert!(report.duplicates <= 100, "{report:?}");
     drop((a_store, b_store));
