@@ -79,7 +79,7 @@ impl Writer {
         let upload = Upload::new(self.seq.fetch_add(1, Ordering::Relaxed), self.keys);
         let started = Instant::now();
         let txn = self.conn.begin().await.context("begin")?;
-        txn.execute_raw(Statement::from_sql_and_values(
+        txn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
             INSERT_UPLOAD,
             upload.values(&self.raw),

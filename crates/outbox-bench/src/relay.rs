@@ -461,7 +461,7 @@ pub(crate) async fn explain_claim(
         "EXPLAIN (ANALYZE, BUFFERS) {}",
         claim.replace("$1", &limit.to_string())
     );
-    let rows = sqlx::query(sqlx::AssertSqlSafe(sql))
+    let rows = sqlx::query(&sql)
         .fetch_all(env.pool())
         .await
         .context("explaining the claim")?;
@@ -482,7 +482,7 @@ pub(crate) async fn explain_claim(
     // The first run prepares the statement on its connection; it is not counted.
     for _ in 0..6 {
         let started = Instant::now();
-        let rows = sqlx::query(sqlx::AssertSqlSafe(claim.clone()))
+        let rows = sqlx::query(&claim)
             .bind(limit_i64)
             .fetch_all(env.pool())
             .await

@@ -349,7 +349,7 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
              - **S**: plus the outbox row by a hand-written statement: the library's own `INSERT` \
              text and the same eight values (event id, aggregate type and id, event type, topic, \
              key, the ~{PAYLOAD_BYTES}-byte JSON envelope, headers as jsonb) through SeaORM's \
-             `execute_raw` on the same transaction (a prepared, cached statement), without the \
+             `execute` on the same transaction (a prepared, cached statement), without the \
              library's code path.\n\
              - **L**: plus `OutboxWriter::add_event` of `PostgresOutbox`.\n\n\
              S and L build the same `BatchFileAddedV1` envelope (with a traceparent; padded to \

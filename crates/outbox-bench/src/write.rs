@@ -5,7 +5,7 @@
 //!
 //! - **B**: the upload row only;
 //! - **S**: the upload row, then the outbox row by a hand-written statement: the library's own
-//!   `INSERT` text and the same values, run with SeaORM's `execute_raw` (a prepared, cached
+//!   `INSERT` text and the same values, run with SeaORM's `execute` (a prepared, cached
 //!   statement), without the library's code path;
 //! - **L**: the upload row, then `OutboxWriter::add_event` of `PostgresOutbox`.
 //!
@@ -132,7 +132,7 @@ impl Writer {
         let upload = Upload::new(self.seq.fetch_add(1, Ordering::Relaxed), self.keys);
         let started = Instant::now();
         let txn = self.env_conn.begin().await.context("begin")?;
-        txn.execute_raw(Statement::from_sql_and_values(
+        txn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
             INSERT_UPLOAD,
             upload.values(&self.raw),
@@ -155,7 +155,7 @@ impl Writer {
                     event.payload.into(),
                     headers.into(),
                 ];
-                txn.execute_raw(Statement::from_sql_and_values(
+                txn.execute(Statement::from_sql_and_values(
                     DbBackend::Postgres,
                     INSERT_EVENT,
                     values,

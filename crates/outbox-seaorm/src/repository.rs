@@ -179,10 +179,7 @@ impl PostgresOutbox {
     /// their topic until a mapper is set with [`with_mapper`](Self::with_mapper); published rows
     /// are deleted until a retention is set.
     pub fn new(db: DatabaseConnection) -> Result<Self, OutboxError> {
-        if !matches!(
-            db.inner,
-            sea_orm::DatabaseConnectionType::SqlxPostgresPoolConnection(_)
-        ) {
+        if !matches!(db, DatabaseConnection::SqlxPostgresPoolConnection(_)) {
             return Err(OutboxError::Config(
                 "the outbox repository needs a PostgreSQL connection pool".into(),
             ));
@@ -360,8 +357,8 @@ enum Writer<'a> {
 impl Writer<'_> {
     async fn execute(self, statement: Statement) -> Result<(), OutboxError> {
         match self {
-            Self::Pool(conn) => conn.execute_raw(statement).await,
-            Self::Transaction(txn) => txn.execute_raw(statement).await,
+            Self::Pool(conn) => conn.execute(statement).await,
+            Self::Transaction(txn) => txn.execute(statement).await,
         }
         .map(|_| ())
         .map_err(db_error)
@@ -743,7 +740,7 @@ impl OutboxCleanup for PostgresOutbox {
         };
         let result = self
             .db
-            .execute_raw(Statement::from_sql_and_values(
+            .execute(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 DELETE_EXPIRED,
                 [

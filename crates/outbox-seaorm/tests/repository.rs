@@ -78,7 +78,7 @@ async fn adding_an_event_takes_no_lock_beyond_the_insert() {
     let txn = conn.begin().await.unwrap();
     outbox.add_event(&txn, event("o-1")).await.unwrap();
     let locks = txn
-        .query_all_raw(Statement::from_string(
+        .query_all(Statement::from_string(
             sea_orm::DbBackend::Postgres,
             "SELECT locktype, mode, coalesce(relation::regclass::text, '') AS rel
              FROM pg_locks WHERE pid = pg_backend_pid() AND locktype <> 'virtualxid'",
@@ -226,7 +226,7 @@ async fn the_claim_reads_the_pending_index_on_a_large_backlog() {
     .await
     .unwrap();
     let lines = conn
-        .query_all_raw(Statement::from_string(
+        .query_all(Statement::from_string(
             sea_orm::DbBackend::Postgres,
             "EXPLAIN WITH blocked AS (
                 SELECT topic, event_key, min(id) AS first_id FROM event_outbox
@@ -267,7 +267,7 @@ async fn a_standby_takes_over_when_the_leaders_session_dies() {
 
     // Kill the leader's session from outside, as a network failure or a DBA would.
     let killed = conn
-        .query_one_raw(Statement::from_string(
+        .query_one(Statement::from_string(
             sea_orm::DbBackend::Postgres,
             "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_locks
              WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
@@ -313,7 +313,7 @@ async fn the_migration_goes_down_and_up_again() {
     let (_db, conn) = migrated().await;
     OutboxMigrator::down(&conn, None).await.unwrap();
     let tables = conn
-        .query_all_raw(Statement::from_string(
+        .query_all(Statement::from_string(
             sea_orm::DbBackend::Postgres,
             "SELECT 1 FROM information_schema.tables WHERE table_name = 'event_outbox'",
         ))

@@ -143,7 +143,7 @@ pub async fn issue_invoice(
 ) -> Result<EventId, IssueError> {
     let invoice_id = uuid::Uuid::now_v7();
     let txn = db.begin().await?;
-    txn.execute_raw(Statement::from_sql_and_values(
+    txn.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "INSERT INTO invoices (id, customer_id, amount_cents) VALUES ($1, $2, $3)",
         [invoice_id.into(), customer_id.into(), amount_cents.into()],

@@ -43,7 +43,7 @@ struct OrderServiceImpl {
 impl OrderService for OrderServiceImpl {
     async fn place(&self, order_id: &str, total: i32) -> Result<(), Error> {
         let txn = self.db.begin().await?;
-        txn.execute_raw(Statement::from_sql_and_values(
+        txn.execute(Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,
             "INSERT INTO di_orders (id, total) VALUES ($1, $2)",
             [order_id.into(), total.into()],

@@ -66,7 +66,7 @@ async fn main() -> Result<(), Error> {
         serde_json::json!({"order_id": order_id, "total": 42}),
     );
     let txn = db.begin().await?;
-    txn.execute_raw(Statement::from_sql_and_values(
+    txn.execute(Statement::from_sql_and_values(
         sea_orm::DbBackend::Postgres,
         "INSERT INTO quickstart_orders (id, total) VALUES ($1, $2)",
         [order_id.clone().into(), 42.into()],

@@ -115,14 +115,14 @@ pub async fn claim_locally(
     batch_id: &str,
     user_id: &str,
 ) -> Result<(), AccessError> {
-    txn.execute_raw(Statement::from_sql_and_values(
+    txn.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "INSERT INTO batches (batch_id, user_id) VALUES ($1, $2) ON CONFLICT (batch_id) DO NOTHING",
         [batch_id.into(), user_id.into()],
     ))
     .await?;
     let owner: Option<String> = txn
-        .query_one_raw(Statement::from_sql_and_values(
+        .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "SELECT user_id FROM batches WHERE batch_id = $1 FOR SHARE",
             [batch_id.into()],

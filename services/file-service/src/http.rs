@@ -583,7 +583,7 @@ async fn remove_file(
     let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
     let txn = state.db.begin().await?;
     let removed = txn
-        .query_one_raw(Statement::from_sql_and_values(
+        .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "UPDATE file_uploads SET status = 'removed', removed_at = $3
              WHERE file_upload_id = $1 AND batch_id = $2 AND status <> 'removed'

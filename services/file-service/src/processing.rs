@@ -153,7 +153,7 @@ impl Processor {
         let rows = self
             .shared
             .db
-            .query_all_raw(Statement::from_sql_and_values(
+            .query_all(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 "SELECT file_upload_id FROM file_uploads
                  WHERE status = 'pending' AND uploaded_at <= $1 ORDER BY uploaded_at",
@@ -296,7 +296,7 @@ async fn finish(
     error: Option<(&str, &str)>,
 ) -> Result<bool, sea_orm::DbErr> {
     let result = txn
-        .execute_raw(Statement::from_sql_and_values(
+        .execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
             "UPDATE file_uploads
              SET status = $2, text_storage_id = $3, error_code = $4, error_message = $5,
@@ -343,7 +343,7 @@ async fn provision(
         txn.rollback().await?;
         return Ok(false);
     }
-    txn.execute_raw(Statement::from_sql_and_values(
+    txn.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "INSERT INTO extracted_texts (storage_id, file_upload_id, content) VALUES ($1, $2, $3)",
         [

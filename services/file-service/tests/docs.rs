@@ -137,7 +137,7 @@ async fn every_sql_statement_of_the_playbook_runs() {
     let mut lock_holders = None;
     for (_, sql) in &statements {
         let rows = conn
-            .query_all_raw(sea_orm::Statement::from_string(
+            .query_all(sea_orm::Statement::from_string(
                 sea_orm::DbBackend::Postgres,
                 sql.trim().trim_end_matches(';'),
             ))
@@ -160,7 +160,7 @@ async fn every_sql_statement_of_the_playbook_runs() {
     // The replay statement made dead letter 42 pending again (so the discard after it, which
     // only deletes dead letters, left it alone).
     let row = conn
-        .query_one_raw(sea_orm::Statement::from_string(
+        .query_one(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
             "SELECT attempts, dead_lettered_at IS NULL AS pending FROM event_outbox WHERE id = 42",
         ))

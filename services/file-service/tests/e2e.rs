@@ -501,7 +501,7 @@ async fn exec(conn: &DatabaseConnection, sql: &str) {
 }
 
 async fn outbox_count(conn: &DatabaseConnection, event_type: &str, upload: &str) -> i64 {
-    conn.query_one_raw(sea_orm::Statement::from_sql_and_values(
+    conn.query_one(sea_orm::Statement::from_sql_and_values(
         sea_orm::DbBackend::Postgres,
         "SELECT count(*) AS n FROM event_outbox WHERE event_type = $1 AND event_key = $2",
         [event_type.into(), upload.into()],
@@ -515,7 +515,7 @@ async fn outbox_count(conn: &DatabaseConnection, event_type: &str, upload: &str)
 
 async fn upload_status(conn: &DatabaseConnection, upload: &str) -> (String, Option<String>) {
     let row = conn
-        .query_one_raw(sea_orm::Statement::from_sql_and_values(
+        .query_one(sea_orm::Statement::from_sql_and_values(
             sea_orm::DbBackend::Postgres,
             "SELECT status, error_code FROM file_uploads WHERE file_upload_id = $1::uuid",
             [upload.into()],

@@ -214,7 +214,7 @@ async fn a_relay_killed_between_kafka_ack_and_database_ack_loses_nothing() {
 }
 
 async fn terminate_leader_session(conn: &DatabaseConnection) -> i64 {
-    conn.query_one_raw(sea_orm::Statement::from_string(
+    conn.query_one(sea_orm::Statement::from_string(
         sea_orm::DbBackend::Postgres,
         "SELECT count(pg_terminate_backend(pid)) AS n FROM pg_locks
          WHERE locktype = 'advisory' AND granted AND database = (

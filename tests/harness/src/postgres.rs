@@ -127,7 +127,7 @@ async fn drop_stale_databases(admin: &DatabaseConnection) {
         .map(|d| d.as_secs())
         .unwrap_or_default();
     let Ok(rows) = admin
-        .query_all_raw(Statement::from_string(
+        .query_all(Statement::from_string(
             admin.get_database_backend(),
             format!("SELECT datname FROM pg_database WHERE datname LIKE '{PREFIX}\\_%'"),
         ))

@@ -52,7 +52,7 @@ async fn seaorm_runs_a_query_and_a_migration_on_a_test_database() {
     let conn = db.connect().await;
 
     let row = conn
-        .query_one_raw(Statement::from_string(
+        .query_one(Statement::from_string(
             conn.get_database_backend(),
             "SELECT current_database() AS name, current_setting('server_version_num')::int AS version",
         ))
@@ -67,7 +67,7 @@ async fn seaorm_runs_a_query_and_a_migration_on_a_test_database() {
         .await
         .unwrap();
     let body: String = conn
-        .query_one_raw(Statement::from_string(
+        .query_one(Statement::from_string(
             conn.get_database_backend(),
             "SELECT body FROM notes WHERE id = 1",
         ))
@@ -80,7 +80,7 @@ async fn seaorm_runs_a_query_and_a_migration_on_a_test_database() {
 
     smoke_migration::Migrator::down(&conn, None).await.unwrap();
     let tables = conn
-        .query_all_raw(Statement::from_string(
+        .query_all(Statement::from_string(
             conn.get_database_backend(),
             "SELECT 1 FROM information_schema.tables WHERE table_name = 'notes'",
         ))
@@ -100,7 +100,7 @@ async fn test_databases_are_separate_and_dropped() {
         .unwrap();
     drop(first);
     let left = server
-        .query_all_raw(Statement::from_sql_and_values(
+        .query_all(Statement::from_sql_and_values(
             server.get_database_backend(),
             "SELECT 1 FROM pg_database WHERE datname = $1",
             [name.into()],
@@ -216,7 +216,7 @@ async fn a_private_postgres_survives_a_crash_restart() {
     let mut value = None;
     for _ in 0..50 {
         if let Ok(Some(row)) = conn
-            .query_one_raw(Statement::from_string(
+            .query_one(Statement::from_string(
                 conn.get_database_backend(),
                 "SELECT v FROM t",
             ))
