@@ -23,8 +23,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox_core::{
-    AttemptFailure, Delivery, EventId, EventPublisher, EventRelayWorker, OutboxError, OutboxEvent,
-    OutboxStats, PublishError, RelaySettings, RelayStore,
+    AttemptFailure, ClaimCursor, ClaimedBatch, Delivery, EventId, EventPublisher, EventRelayWorker,
+    OutboxError, OutboxEvent, OutboxStats, PublishError, RelaySettings, RelayStore,
 };
 use outbox_kafka::{KafkaConfig, KafkaPublisher};
 use outbox_seaorm::PostgresOutbox;
@@ -158,11 +158,11 @@ impl RelayStore for TimedStore {
     async fn claim_batch(
         &self,
         limit: usize,
-        after: Option<i64>,
-    ) -> Result<Vec<OutboxEvent>, OutboxError> {
+        after: Option<ClaimCursor>,
+    ) -> Result<ClaimedBatch, OutboxError> {
         let start = Instant::now();
         let batch = self.inner.claim_batch(limit, after).await?;
-        if batch.is_empty() {
+        if batch.events.is_empty() {
             self.probe.empty_claims.fetch_add(1, Ordering::Relaxed);
         } else {
             self.probe.record(Step::Claim, start);
@@ -453,13 +453,27 @@ pub(crate) async fn explain_claim(
     pending: u64,
     after: Option<i64>,
 ) -> Result<Explain> {
-    let claim = match after {
-        Some(id) => outbox_seaorm::CLAIM_AFTER.replace("$2", &id.to_string()),
-        None => outbox_seaorm::CLAIM.to_owned(),
+    // The cursor as the relay holds it: the first pending row's transaction (a loaded backlog
+    // is one transaction) and the last acknowledged id; from the start without one.
+    let cursor_xid: String = match after {
+        Some(_) => sqlx::query_scalar(
+            "SELECT coalesce((SELECT xid::text FROM event_outbox \
+             WHERE published_at IS NULL AND dead_lettered_at IS NULL \
+             ORDER BY xid, id LIMIT 1), '0')",
+        )
+        .fetch_one(env.pool())
+        .await
+        .context("reading the cursor's transaction")?,
+        None => "0".to_owned(),
     };
+    let cursor_id = after.unwrap_or(0);
+    let claim = outbox_seaorm::CLAIM;
     let sql = format!(
         "EXPLAIN (ANALYZE, BUFFERS) {}",
-        claim.replace("$1", &limit.to_string())
+        claim
+            .replace("$1", &limit.to_string())
+            .replace("$2", &format!("'{cursor_xid}'"))
+            .replace("$3", &cursor_id.to_string())
     );
     let rows = sqlx::query(&sql)
         .fetch_all(env.pool())
@@ -482,8 +496,10 @@ pub(crate) async fn explain_claim(
     // The first run prepares the statement on its connection; it is not counted.
     for _ in 0..6 {
         let started = Instant::now();
-        let rows = sqlx::query(&claim)
+        let rows = sqlx::query(claim)
             .bind(limit_i64)
+            .bind(&cursor_xid)
+            .bind(cursor_id)
             .fetch_all(env.pool())
             .await
             .context("timing the claim")?;

@@ -19,8 +19,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::{
-    AttemptFailure, DeadLetterFilter, DeadLetterStore, EventId, FailureOutcome, NewOutboxEvent,
-    OutboxCleanup, OutboxError, OutboxStats, RelayStore,
+    AttemptFailure, ClaimCursor, ClaimedBatch, DeadLetterFilter, DeadLetterStore, EventId,
+    FailureOutcome, NewOutboxEvent, OutboxCleanup, OutboxError, OutboxStats, RelayStore,
 };
 
 /// The state of one row, as the suite inspects it.
@@ -55,6 +55,13 @@ pub trait ConformanceTarget: Send + Sync {
 
     /// Row `id`, or `None` once deleted.
     async fn row(&self, id: i64) -> Option<RowState>;
+
+    /// Adds `event` in a transaction that stays open (holding the commit horizon) until
+    /// [`commit_open`](Self::commit_open), and returns its row id.
+    async fn add_open(&self, event: NewOutboxEvent) -> i64;
+
+    /// Commits every transaction begun with [`add_open`](Self::add_open).
+    async fn commit_open(&self);
 }
 
 fn event(key: &str, event_type: &str) -> NewOutboxEvent {
@@ -80,19 +87,38 @@ async fn leader<T: ConformanceTarget>(target: &T) -> Arc<T::Store> {
     store
 }
 
-fn ids(events: &[crate::OutboxEvent]) -> Vec<i64> {
-    events.iter().map(|e| e.id).collect()
+fn ids(batch: &ClaimedBatch) -> Vec<i64> {
+    batch.events.iter().map(|e| e.id).collect()
 }
 
-fn retry(id: i64, at: DateTime<Utc>) -> AttemptFailure {
+/// Claims once every event committed so far is below the commit horizon. On a shared database
+/// server, other sessions' open write transactions hold the horizon for a moment: the events
+/// this check committed are claimable once none of them waits behind one.
+async fn claim<S: RelayStore + ?Sized>(
+    store: &S,
+    limit: usize,
+    after: Option<ClaimCursor>,
+) -> ClaimedBatch {
+    for _ in 0..500 {
+        if store.stats().await.unwrap().horizon_wait.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.claim_batch(limit, after).await.unwrap()
+}
+
+fn retry(id: i64, after: Duration) -> AttemptFailure {
     AttemptFailure {
         id,
         event_id: EventId::new(),
         topic: "conformance".into(),
         error: format!("attempt on {id} failed"),
-        outcome: FailureOutcome::RetryAt(at),
+        outcome: FailureOutcome::RetryAfter(after),
     }
 }
+
+const LATER: Duration = Duration::from_secs(3600);
 
 fn dead(id: i64) -> AttemptFailure {
     AttemptFailure {
@@ -108,7 +134,7 @@ fn dead(id: i64) -> AttemptFailure {
 /// hold nothing: claiming again returns the same events.
 pub async fn claims_pending_events_in_id_order<T: ConformanceTarget>(target: &T) {
     let store = leader(target).await;
-    assert!(store.claim_batch(10, None).await.unwrap().is_empty());
+    assert_eq!(claim(&*store, 10, None).await, ClaimedBatch::default());
     let written = event("a", "First")
         .with_key("key-a")
         .with_header("x-tenant", "t1");
@@ -119,19 +145,26 @@ pub async fn claims_pending_events_in_id_order<T: ConformanceTarget>(target: &T)
     }
     assert!(added.windows(2).all(|w| w[0] < w[1]), "ids increase");
 
-    let three = store.claim_batch(3, None).await.unwrap();
+    let three = claim(&*store, 3, None).await;
     assert_eq!(ids(&three), added[..3]);
-    let all = store.claim_batch(10, None).await.unwrap();
+    assert!(three.full, "three of more");
+    assert_eq!(three.retries, 0);
+    let all = claim(&*store, 10, None).await;
     assert_eq!(ids(&all), added, "claiming again returns the same events");
+    assert!(!all.full);
+    assert_eq!(all.cursor.map(|c| c.id), added.last().copied());
 
-    let first = &all[0];
+    let first = &all.events[0];
     assert_eq!(first.event_id, first_id);
     assert_eq!(first.aggregate_type, "thing");
     assert_eq!(first.aggregate_id, "a");
     assert_eq!(first.event_type, "First");
     assert_eq!(first.topic, "conformance");
     assert_eq!(first.key, "key-a");
-    assert_eq!(all[1].key, "b", "the key defaults to the aggregate id");
+    assert_eq!(
+        all.events[1].key, "b",
+        "the key defaults to the aggregate id"
+    );
     assert_eq!(first.payload, b"payload of a");
     assert!(first.headers.contains(&("x-tenant".into(), "t1".into())));
     assert!(
@@ -148,37 +181,73 @@ pub async fn claims_pending_events_in_id_order<T: ConformanceTarget>(target: &T)
     );
 }
 
-/// A claim above a cursor reads only higher ids, and nothing while an event backs off.
-pub async fn claims_above_a_cursor_read_only_higher_ids<T: ConformanceTarget>(target: &T) {
+/// A claim after a cursor reads only later events, and keeps doing so while an event backs
+/// off: a new event of the retrying event's key is parked behind it (the cursor moves past it)
+/// instead of returned.
+pub async fn claims_continue_after_a_cursor<T: ConformanceTarget>(target: &T) {
     let store = leader(target).await;
     let mut added = Vec::new();
     for key in ["a", "b", "c", "d"] {
         added.push(target.add(event(key, "T")).await);
     }
-    assert_eq!(
-        ids(&store.claim_batch(10, Some(added[1])).await.unwrap()),
-        added[2..]
-    );
-    assert!(
-        store
-            .claim_batch(10, Some(added[3]))
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    let two = claim(&*store, 2, None).await;
+    assert_eq!(ids(&two), added[..2]);
+    let cursor = two.cursor.expect("a cursor after new events");
+    assert_eq!(cursor.id, added[1]);
+    assert_eq!(ids(&claim(&*store, 10, Some(cursor)).await), added[2..]);
+    let rest = claim(&*store, 10, Some(cursor)).await;
+    let end = rest.cursor.expect("a cursor");
+    assert_eq!(end.id, added[3]);
+    assert!(end > cursor, "cursors grow");
+    assert_eq!(claim(&*store, 10, Some(end)).await.events, []);
+    assert_eq!(claim(&*store, 10, Some(end)).await.cursor, None);
+
     store
-        .record_failures(&[retry(added[0], Utc::now() + chrono::Duration::hours(1))])
+        .record_failures(&[retry(added[0], LATER)])
         .await
         .unwrap();
-    assert!(
-        store
-            .claim_batch(10, Some(added[1]))
-            .await
-            .unwrap()
-            .is_empty(),
-        "while an event backs off only the full claim may run"
+    let behind = target.add(event("a", "T")).await;
+    let after = target.add(event("e", "T")).await;
+    let batch = claim(&*store, 10, Some(end)).await;
+    assert_eq!(
+        ids(&batch),
+        [after],
+        "the new event of key a waits behind a1"
     );
-    assert_eq!(ids(&store.claim_batch(10, None).await.unwrap()), added[1..]);
+    assert_eq!(
+        batch.cursor.map(|c| c.id),
+        Some(after),
+        "past the parked one"
+    );
+    let parked = target.row(behind).await.unwrap();
+    assert!(parked.next_attempt_at.is_some(), "parked behind a1");
+    assert_eq!(parked.attempts, 0, "waiting is not an attempt");
+}
+
+/// An open write transaction holds the commit horizon: events of transactions that began after
+/// it are not claimed until it commits, and then come after its own, so an event committed late
+/// with an early id can never be skipped.
+pub async fn an_open_transaction_holds_the_horizon<T: ConformanceTarget>(target: &T) {
+    let store = leader(target).await;
+    let first = target.add(event("a", "T")).await;
+    assert_eq!(ids(&claim(&*store, 10, None).await), [first]);
+    let open = target.add_open(event("a", "T")).await;
+    let later = target.add(event("a", "T")).await;
+    assert!(first < open && open < later);
+
+    let batch = store.claim_batch(10, None).await.unwrap();
+    assert_eq!(
+        ids(&batch),
+        [first],
+        "the later event waits for the open one"
+    );
+    let cursor = batch.cursor;
+    let stats = store.stats().await.unwrap();
+    assert!(stats.horizon_wait.is_some(), "{stats:?}");
+    store.acknowledge(&[first]).await.unwrap();
+
+    target.commit_open().await;
+    assert_eq!(ids(&claim(&*store, 10, cursor).await), [open, later]);
 }
 
 /// Acknowledged events are gone (deleted) and never claimed again; acknowledging unknown ids
@@ -189,7 +258,7 @@ pub async fn acknowledged_events_are_deleted<T: ConformanceTarget>(target: &T) {
     let b = target.add(event("b", "T")).await;
     assert_eq!(store.acknowledge(&[a]).await.unwrap(), 1);
     assert_eq!(target.row(a).await, None);
-    assert_eq!(ids(&store.claim_batch(10, None).await.unwrap()), [b]);
+    assert_eq!(ids(&claim(&*store, 10, None).await), [b]);
     assert_eq!(store.acknowledge(&[a, 999_999]).await.unwrap(), 0);
     assert_eq!(store.acknowledge(&[]).await.unwrap(), 0);
 }
@@ -211,7 +280,8 @@ pub async fn retention_keeps_rows_until_cleanup<T: ConformanceTarget>(target: &T
         let row = target.row(*id).await.expect("kept under retention");
         assert!(row.published);
     }
-    assert!(store.claim_batch(10, None).await.unwrap().is_empty());
+    // Nothing to wait for here: whatever the horizon, published rows are never claimed.
+    assert_eq!(store.claim_batch(10, None).await.unwrap().events, []);
     assert_eq!(store.stats().await.unwrap().pending, 0);
     assert_eq!(
         store.delete_expired(10).await.unwrap(),
@@ -249,10 +319,7 @@ pub async fn a_retrying_event_holds_back_its_key<T: ConformanceTarget>(target: &
     let a2 = target.add(event("a", "T")).await;
     let other_topic = target.add(event("a", "T").with_topic("elsewhere")).await;
 
-    store
-        .record_failures(&[retry(a1, Utc::now() + chrono::Duration::hours(1))])
-        .await
-        .unwrap();
+    store.record_failures(&[retry(a1, LATER)]).await.unwrap();
     let row = target.row(a1).await.unwrap();
     assert_eq!(row.attempts, 1);
     assert_eq!(
@@ -261,20 +328,27 @@ pub async fn a_retrying_event_holds_back_its_key<T: ConformanceTarget>(target: &
     );
     assert!(row.next_attempt_at.is_some());
     assert!(!row.dead_lettered);
+    let batch = claim(&*store, 10, None).await;
+    assert_eq!(ids(&batch), [b1, other_topic]);
+    assert_eq!(batch.retries, 0);
     assert_eq!(
-        ids(&store.claim_batch(10, None).await.unwrap()),
-        [b1, other_topic]
+        target.row(a2).await.unwrap().attempts,
+        0,
+        "a2 waits, unattempted"
     );
 
     store
-        .record_failures(&[retry(a1, Utc::now() - chrono::Duration::seconds(1))])
+        .record_failures(&[retry(a1, Duration::ZERO)])
         .await
         .unwrap();
     assert_eq!(target.row(a1).await.unwrap().attempts, 2);
+    let batch = claim(&*store, 10, None).await;
     assert_eq!(
-        ids(&store.claim_batch(10, None).await.unwrap()),
-        [a1, b1, a2, other_topic]
+        ids(&batch),
+        [a1, a2, b1, other_topic],
+        "retries first, in order"
     );
+    assert_eq!(batch.retries, 2);
 }
 
 /// Dead letters are skipped by claims, counted, listed with their error, replayed (pending again
@@ -292,7 +366,7 @@ pub async fn dead_letters_are_parked_listed_replayed_and_discarded<T: Conformanc
     assert!(target.row(d1).await.unwrap().dead_lettered);
     assert_eq!(target.row(d1).await.unwrap().attempts, 1);
     assert_eq!(
-        ids(&store.claim_batch(10, None).await.unwrap()),
+        ids(&claim(&*store, 10, None).await),
         [live, behind_d1],
         "a dead letter no longer holds its key back"
     );
@@ -336,7 +410,13 @@ pub async fn dead_letters_are_parked_listed_replayed_and_discarded<T: Conformanc
     let replayed = target.row(d1).await.unwrap();
     assert!(!replayed.dead_lettered);
     assert_eq!(replayed.attempts, 0);
-    assert!(ids(&store.claim_batch(10, None).await.unwrap()).contains(&d1));
+    let batch = claim(&*store, 10, None).await;
+    assert_eq!(
+        ids(&batch)[0],
+        d1,
+        "a replayed dead letter is claimed as a retry"
+    );
+    assert_eq!(batch.retries, 1);
 
     assert_eq!(
         store.discard(&[live]).await.unwrap(),
@@ -405,7 +485,7 @@ pub async fn only_one_store_leads<T: ConformanceTarget>(target: &T) {
     first.release_leadership().await.unwrap();
     assert!(second.acquire_leadership().await.unwrap());
     assert!(!first.acquire_leadership().await.unwrap());
-    assert_eq!(ids(&second.claim_batch(10, None).await.unwrap()), [id]);
+    assert_eq!(ids(&claim(&*second, 10, None).await), [id]);
 }
 
 /// Recording a failure for a row that is gone, or already published, changes nothing.
@@ -414,7 +494,7 @@ pub async fn failures_of_gone_rows_are_harmless<T: ConformanceTarget>(target: &T
     let id = target.add(event("a", "T")).await;
     store.acknowledge(&[id]).await.unwrap();
     store
-        .record_failures(&[dead(id), retry(987_654, Utc::now())])
+        .record_failures(&[dead(id), retry(987_654, Duration::ZERO)])
         .await
         .unwrap();
     assert_eq!(target.row(id).await, None);
@@ -432,7 +512,8 @@ macro_rules! relay_store_conformance {
 
             $crate::relay_store_conformance!(@tests $make;
                 claims_pending_events_in_id_order,
-                claims_above_a_cursor_read_only_higher_ids,
+                claims_continue_after_a_cursor,
+                an_open_transaction_holds_the_horizon,
                 acknowledged_events_are_deleted,
                 retention_keeps_rows_until_cleanup,
                 a_retrying_event_holds_back_its_key,
@@ -456,12 +537,15 @@ macro_rules! relay_store_conformance {
 
 /// The in-memory store as a conformance target.
 #[derive(Debug)]
-pub struct MemoryTarget(Arc<crate::testing::MemoryStore>);
+pub struct MemoryTarget(
+    Arc<crate::testing::MemoryStore>,
+    std::sync::Mutex<Vec<(i64, NewOutboxEvent)>>,
+);
 
 impl MemoryTarget {
     /// A fresh in-memory outbox.
     pub async fn new() -> Self {
-        Self(crate::testing::MemoryStore::new())
+        Self(crate::testing::MemoryStore::new(), Default::default())
     }
 }
 
@@ -479,6 +563,19 @@ impl ConformanceTarget for MemoryTarget {
 
     async fn add(&self, event: NewOutboxEvent) -> i64 {
         self.0.add(event)
+    }
+
+    async fn add_open(&self, event: NewOutboxEvent) -> i64 {
+        let id = self.0.reserve_id();
+        self.1.lock().unwrap().push((id, event));
+        id
+    }
+
+    async fn commit_open(&self) {
+        let open: Vec<_> = self.1.lock().unwrap().drain(..).collect();
+        for (id, event) in open {
+            self.0.add_reserved(id, event);
+        }
     }
 
     async fn row(&self, id: i64) -> Option<RowState> {

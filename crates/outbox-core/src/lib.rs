@@ -76,7 +76,7 @@ pub use mapper::{EventTypeIsTopic, EventTypeMapper, TopicMap};
 pub use publisher::{Delivery, EventPublisher};
 pub use settings::RelaySettings;
 pub use store::{
-    AttemptFailure, DeadLetter, DeadLetterFilter, DeadLetterStore, FailureOutcome, OutboxCleanup,
-    OutboxStats, OutboxWriter, RelayStore,
+    AttemptFailure, ClaimCursor, ClaimedBatch, DeadLetter, DeadLetterFilter, DeadLetterStore,
+    FailureOutcome, HorizonHolder, OutboxCleanup, OutboxStats, OutboxWriter, RelayStore,
 };
 pub use worker::{EventRelayWorker, OutboxRelay, RelayNotifier, RelayStatus};

@@ -30,6 +30,10 @@ pub const RELAY_LEADER: &str = "outbox_relay_leader";
 /// advancing it).
 pub const RELAY_LAST_POLL_TIMESTAMP_SECONDS: &str = "outbox_relay_last_poll_timestamp_seconds";
 
+/// Gauge: seconds the oldest committed event has waited behind the commit horizon, a write
+/// transaction still open somewhere in the database cluster (0 when nothing waits for one).
+pub const COMMIT_HORIZON_WAIT_SECONDS: &str = "outbox_commit_horizon_wait_seconds";
+
 /// Registers descriptions and units for every metric above with the installed recorder.
 pub fn describe() {
     use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
@@ -72,6 +76,11 @@ pub fn describe() {
         PUBLISH_LAG_SECONDS,
         Unit::Seconds,
         "Time from an event's creation to its Kafka acknowledgement."
+    );
+    describe_gauge!(
+        COMMIT_HORIZON_WAIT_SECONDS,
+        Unit::Seconds,
+        "How long the oldest committed event has waited for an older transaction to end."
     );
     describe_counter!(
         EVENTS_ADDED_TOTAL,

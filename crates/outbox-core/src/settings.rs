@@ -48,10 +48,12 @@ pub struct RelaySettings {
     /// How often the backlog gauges (pending, oldest age, dead letters) are refreshed.
     /// Defaults to 5 s.
     pub stats_interval: Duration,
-    /// While batches come back full, claims start above the last published batch; at least
-    /// this often a claim scans from the start instead, collecting events committed late with a
-    /// lower id. Defaults to 1 s.
-    pub full_scan_interval: Duration,
+    /// When a committed event has waited longer than this behind the commit horizon (a write
+    /// transaction still open somewhere in the database cluster), the relay logs the transaction
+    /// holding it at `warn`, at every stats refresh, so it can be found and ended. The relay
+    /// keeps waiting either way: publishing past the horizon could deliver a later event of a key
+    /// before an earlier one. Defaults to 30 s.
+    pub horizon_warn_after: Duration,
     /// Keep published rows this long instead of deleting them when they are acknowledged.
     /// Defaults to `None` (delete at once).
     pub retention: Option<Duration>,
@@ -77,7 +79,7 @@ impl Default for RelaySettings {
             transient_backoff_max: Duration::from_secs(30),
             leader_retry_interval: Duration::from_secs(1),
             stats_interval: Duration::from_secs(5),
-            full_scan_interval: Duration::from_secs(1),
+            horizon_warn_after: Duration::from_secs(30),
             retention: None,
             cleanup_interval: Duration::from_secs(60),
             cleanup_batch_size: 10_000,
@@ -120,8 +122,8 @@ impl RelaySettings {
         with_leader_retry_interval => leader_retry_interval: Duration;
         /// Sets [`stats_interval`](Self::stats_interval).
         with_stats_interval => stats_interval: Duration;
-        /// Sets [`full_scan_interval`](Self::full_scan_interval).
-        with_full_scan_interval => full_scan_interval: Duration;
+        /// Sets [`horizon_warn_after`](Self::horizon_warn_after).
+        with_horizon_warn_after => horizon_warn_after: Duration;
         /// Sets [`retention`](Self::retention).
         with_retention => retention: Option<Duration>;
         /// Sets [`cleanup_interval`](Self::cleanup_interval).
@@ -156,7 +158,7 @@ impl RelaySettings {
             ("transient_backoff_base", self.transient_backoff_base),
             ("leader_retry_interval", self.leader_retry_interval),
             ("stats_interval", self.stats_interval),
-            ("full_scan_interval", self.full_scan_interval),
+            ("horizon_warn_after", self.horizon_warn_after),
             ("cleanup_interval", self.cleanup_interval),
             ("shutdown_timeout", self.shutdown_timeout),
         ];

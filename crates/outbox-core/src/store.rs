@@ -32,13 +32,18 @@ pub trait OutboxWriter<C: ?Sized + Sync>: Send + Sync {
     }
 }
 
-/// What happens to an event after a failed permanent attempt.
+/// What happens to an event after a failed attempt, or while it waits behind one.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FailureOutcome {
-    /// Try again, not before this time.
-    RetryAt(DateTime<Utc>),
+    /// Try again after this delay, counted from the database's clock (never the relay's, so a
+    /// relay whose clock is off still backs off).
+    RetryAfter(Duration),
     /// Give up: park the row as a dead letter.
     DeadLetter,
+    /// Not a failure of this event: an earlier event of its topic and key failed, so it waits
+    /// behind that one (no attempt is counted). It is retried once every earlier event of its
+    /// key is published or dead-lettered.
+    Held,
 }
 
 /// A failed attempt to publish one event, to record in the store.
@@ -65,6 +70,60 @@ pub struct OutboxStats {
     pub oldest_pending_age: Option<Duration>,
     /// Events parked as dead letters.
     pub dead_lettered: u64,
+    /// How long the oldest committed event that waits behind the commit horizon has waited:
+    /// `None` while no event waits for it. See [`HorizonHolder`].
+    pub horizon_wait: Option<Duration>,
+    /// The transaction holding the commit horizon back, while events wait behind it.
+    pub horizon_holder: Option<HorizonHolder>,
+}
+
+/// The oldest transaction still running in the database cluster, which holds the relay's commit
+/// horizon: events committed after it began wait until it ends, so that a transaction that
+/// began after another committed is always delivered after it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HorizonHolder {
+    /// The server process (`pg_stat_activity.pid`; end it with `pg_terminate_backend`).
+    pub pid: Option<i32>,
+    /// How long its transaction has been open.
+    pub age: Option<Duration>,
+    /// Its state (`active`, `idle in transaction`, ...).
+    pub state: Option<String>,
+    /// When its current or last query started.
+    pub query_start: Option<DateTime<Utc>>,
+    /// The start of that query (at most 200 characters).
+    pub query: Option<String>,
+    /// Its database and user, for finding its owner.
+    pub database: Option<String>,
+    /// Its role.
+    pub user: Option<String>,
+    /// Its application name.
+    pub application: Option<String>,
+}
+
+/// A position in the relay's claim order, `(transaction id, row id)`: every event at or before
+/// it has been published, dead-lettered or parked for a retry.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClaimCursor {
+    /// The writer's transaction id (`event_outbox.xid`).
+    pub xid: u64,
+    /// The row id.
+    pub id: i64,
+}
+
+/// What one claim returned.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaimedBatch {
+    /// The events to publish: first the retries that are due (the first `retries` events), then
+    /// new events in claim order.
+    pub events: Vec<OutboxEvent>,
+    /// How many of `events` are retries of events parked earlier.
+    pub retries: usize,
+    /// Where the next claim continues once every new event of this batch is published or
+    /// recorded: the last new row this claim read (rows it parked behind a retrying event of their
+    /// key included). `None` when it read no new row.
+    pub cursor: Option<ClaimCursor>,
+    /// The claim read as many rows as it was allowed: more may be waiting.
+    pub full: bool,
 }
 
 /// The relay side: what [`EventRelayWorker`](crate::EventRelayWorker) needs from the store.
@@ -82,27 +141,29 @@ pub trait RelayStore: Send + Sync {
     /// Gives the leadership up, so a standby takes over at once.
     async fn release_leadership(&self) -> Result<(), OutboxError>;
 
-    /// Reads up to `limit` pending events in `id` order, skipping events whose retry time has
-    /// not come and every event queued behind one of those with the same topic and key (so
-    /// per-key order holds while an event backs off). Holds no lock after it returns.
+    /// Reads up to `limit` pending events, holding no lock after it returns, in two lanes:
     ///
-    /// With `after`, only events with a higher id are read, and none at all while any event is
-    /// backing off after a failure (only the full claim keeps such keys in order). The worker
-    /// passes it while batches come back full and fully published, so the claim need not walk
-    /// again over rows it just deleted; it claims without it at least every `full_scan_interval`
-    /// to collect events committed late with a lower id.
+    /// - **retries**: parked events whose retry time has come, in claim order, skipping every
+    ///   event queued behind a parked event of its topic and key that is not due yet;
+    /// - **new events** after `after` (from the start with `None`), in claim order
+    ///   `(xid, id)`: the writer's transaction id, then the row id. Only events whose transaction
+    ///   is older than every transaction still running are read (the commit horizon), so no event
+    ///   can ever appear behind a cursor, and a transaction that began after another committed is
+    ///   always claimed after it. A new event whose topic and key has a parked event is parked
+    ///   behind it ([`FailureOutcome::Held`]) instead of returned.
     async fn claim_batch(
         &self,
         limit: usize,
-        after: Option<i64>,
-    ) -> Result<Vec<OutboxEvent>, OutboxError>;
+        after: Option<ClaimCursor>,
+    ) -> Result<ClaimedBatch, OutboxError>;
 
     /// Marks events as published, in one statement: deletes them, or records the publication
     /// time when published rows are kept for a retention period. Returns the rows affected.
     async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError>;
 
-    /// Records failed permanent attempts: counts the attempt, stores the error, and schedules a
-    /// retry or parks the row as a dead letter.
+    /// Records failed attempts and held events: counts the attempt (not for
+    /// [`FailureOutcome::Held`]), stores the error, and parks the row for a retry (the delay
+    /// counted on the store's clock) or as a dead letter.
     async fn record_failures(&self, failures: &[AttemptFailure]) -> Result<(), OutboxError>;
 
     /// Counts pending and dead-lettered events and measures the oldest pending one.

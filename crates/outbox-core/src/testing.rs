@@ -5,7 +5,7 @@
 //! enough to test relay logic, and let a test inject failures. They are never a stand-in for
 //! PostgreSQL or Kafka in integration tests.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -15,9 +15,9 @@ use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
 
 use crate::{
-    AttemptFailure, DeadLetter, DeadLetterFilter, DeadLetterStore, Delivery, EventId,
-    EventPublisher, FailureOutcome, NewOutboxEvent, OutboxCleanup, OutboxError, OutboxEvent,
-    OutboxStats, PublishError, RelayStore,
+    AttemptFailure, ClaimCursor, ClaimedBatch, DeadLetter, DeadLetterFilter, DeadLetterStore,
+    Delivery, EventId, EventPublisher, FailureOutcome, NewOutboxEvent, OutboxCleanup, OutboxError,
+    OutboxEvent, OutboxStats, PublishError, RelayStore,
 };
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -29,6 +29,8 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 pub struct MemoryRow {
     /// The event.
     pub event: OutboxEvent,
+    /// The writer's transaction id.
+    pub xid: u64,
     /// When it may be retried.
     pub next_attempt_at: Option<DateTime<Utc>>,
     /// When it was dead-lettered.
@@ -43,13 +45,27 @@ impl MemoryRow {
     fn pending(&self) -> bool {
         self.published_at.is_none() && self.dead_lettered_at.is_none()
     }
+
+    fn position(&self) -> ClaimCursor {
+        ClaimCursor {
+            xid: self.xid,
+            id: self.event.id,
+        }
+    }
+
+    fn key(&self) -> (String, String) {
+        (self.event.topic.clone(), self.event.key.clone())
+    }
 }
 
 /// The rows and the leadership slot shared by every handle of one in-memory outbox.
 #[derive(Debug, Default)]
 struct Shared {
     rows: Mutex<BTreeMap<i64, MemoryRow>>,
-    next_id: Mutex<i64>,
+    /// The next row id and the next transaction id.
+    next_id: Mutex<(i64, u64)>,
+    /// Transactions that took an id and have not committed: reserved row id -> transaction id.
+    open: Mutex<BTreeMap<i64, u64>>,
     leader: Mutex<Option<u64>>,
     next_handle: AtomicU64,
 }
@@ -114,23 +130,38 @@ impl MemoryStore {
         Self::build(self.shared.clone(), Some(retention))
     }
 
-    /// Adds an event (its topic defaults to `test-topic`) and returns its row id.
+    /// Adds an event (its topic defaults to `test-topic`) in a transaction of its own, committed
+    /// at once, and returns its row id.
     pub fn add(&self, event: NewOutboxEvent) -> i64 {
-        let id = self.reserve_id();
-        self.add_reserved(id, event);
+        let (id, xid) = self.next();
+        self.insert(id, xid, event);
         id
     }
 
-    /// Takes the next id now, for an event added later with [`add_reserved`](Self::add_reserved):
-    /// a transaction that inserted early and commits late.
-    pub fn reserve_id(&self) -> i64 {
-        let mut next_id = lock(&self.shared.next_id);
-        *next_id += 1;
-        *next_id
+    fn next(&self) -> (i64, u64) {
+        let mut next = lock(&self.shared.next_id);
+        next.0 += 1;
+        next.1 += 1;
+        *next
     }
 
-    /// Adds an event under an id taken earlier with [`reserve_id`](Self::reserve_id).
+    /// Begins a transaction that takes the next id now, for an event added later with
+    /// [`add_reserved`](Self::add_reserved): a transaction that inserted early and commits late.
+    /// Until it commits it holds the commit horizon: no event of a later transaction is claimed.
+    pub fn reserve_id(&self) -> i64 {
+        let (id, xid) = self.next();
+        lock(&self.shared.open).insert(id, xid);
+        id
+    }
+
+    /// Commits the transaction begun with [`reserve_id`](Self::reserve_id), adding its event.
     pub fn add_reserved(&self, id: i64, event: NewOutboxEvent) {
+        let xid = lock(&self.shared.open).remove(&id);
+        let xid = xid.unwrap_or_else(|| self.next().1);
+        self.insert(id, xid, event);
+    }
+
+    fn insert(&self, id: i64, xid: u64, event: NewOutboxEvent) {
         let key = event.key().to_owned();
         let row = MemoryRow {
             event: OutboxEvent {
@@ -147,12 +178,22 @@ impl MemoryStore {
                 attempts: 0,
                 defect: None,
             },
+            xid,
             next_attempt_at: None,
             dead_lettered_at: None,
             published_at: None,
             last_error: None,
         };
         lock(&self.shared.rows).insert(id, row);
+    }
+
+    /// The oldest transaction still open: events of it and of later transactions wait.
+    fn horizon(&self) -> u64 {
+        let open = lock(&self.shared.open);
+        open.values()
+            .min()
+            .copied()
+            .unwrap_or_else(|| lock(&self.shared.next_id).1 + 1)
     }
 
     /// Takes the leadership away from whoever holds it, as the death of the leader's database
@@ -275,8 +316,9 @@ impl DeadLetterStore for MemoryStore {
         let mut n = 0;
         for id in ids {
             if let Some(row) = rows.get_mut(id).filter(|r| r.dead_lettered_at.is_some()) {
+                // Parked and due: it goes through the retry lane, behind the cursor.
                 row.dead_lettered_at = None;
-                row.next_attempt_at = None;
+                row.next_attempt_at = Some(Utc::now());
                 row.event.attempts = 0;
                 n += 1;
             }
@@ -342,42 +384,66 @@ impl RelayStore for MemoryStore {
     async fn claim_batch(
         &self,
         limit: usize,
-        after: Option<i64>,
-    ) -> Result<Vec<OutboxEvent>, OutboxError> {
+        after: Option<ClaimCursor>,
+    ) -> Result<ClaimedBatch, OutboxError> {
         self.call()?;
         self.claims.fetch_add(1, Ordering::SeqCst);
         if after.is_some() {
             self.claims_after.fetch_add(1, Ordering::SeqCst);
         }
         self.leading()?;
+        let horizon = self.horizon();
         let now = Utc::now();
-        let rows = lock(&self.shared.rows);
-        let retrying = rows
+        let mut rows = lock(&self.shared.rows);
+        let mut parked: Vec<&MemoryRow> = rows
             .values()
-            .any(|r| r.pending() && r.next_attempt_at.is_some());
-        if after.is_some() && retrying {
-            return Ok(Vec::new());
-        }
-        let mut blocked: std::collections::HashMap<(&str, &str), i64> = Default::default();
-        for row in rows.values().filter(|r| r.pending()) {
+            .filter(|r| r.pending() && r.next_attempt_at.is_some())
+            .collect();
+        parked.sort_by_key(|r| r.position());
+        let parked_keys: HashSet<(String, String)> = parked.iter().map(|r| r.key()).collect();
+
+        // Retries: due parked rows, unless a parked row of their key before them is not due.
+        let mut waiting: HashSet<(String, String)> = HashSet::new();
+        let mut events = Vec::new();
+        for row in parked {
             if row.next_attempt_at.is_some_and(|t| t > now) {
-                blocked
-                    .entry((row.event.topic.as_str(), row.event.key.as_str()))
-                    .or_insert(row.event.id);
+                waiting.insert(row.key());
+            } else if !waiting.contains(&row.key()) && events.len() < limit {
+                events.push(row.event.clone());
             }
         }
-        Ok(rows
+        let retries = events.len();
+
+        // New rows after the cursor, below the horizon.
+        let mut fresh: Vec<&MemoryRow> = rows
             .values()
-            .filter(|r| r.pending() && r.next_attempt_at.is_none_or(|t| t <= now))
-            .filter(|r| after.is_none_or(|a| r.event.id > a))
-            .filter(|r| {
-                blocked
-                    .get(&(r.event.topic.as_str(), r.event.key.as_str()))
-                    .is_none_or(|first| *first > r.event.id)
-            })
-            .take(limit)
-            .map(|r| r.event.clone())
-            .collect())
+            .filter(|r| r.pending() && r.next_attempt_at.is_none())
+            .filter(|r| r.xid < horizon && after.is_none_or(|a| r.position() > a))
+            .collect();
+        fresh.sort_by_key(|r| r.position());
+        fresh.truncate(limit - retries);
+        let full = retries + fresh.len() >= limit;
+        let cursor = fresh.last().map(|r| r.position());
+        let mut held = Vec::new();
+        for row in fresh {
+            if parked_keys.contains(&row.key()) {
+                held.push(row.event.id);
+            } else {
+                events.push(row.event.clone());
+            }
+        }
+        for id in held {
+            if let Some(row) = rows.get_mut(&id) {
+                row.next_attempt_at = Some(now);
+                row.last_error = Some("waiting behind an earlier event of its key".into());
+            }
+        }
+        Ok(ClaimedBatch {
+            events,
+            retries,
+            cursor,
+            full,
+        })
     }
 
     async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError> {
@@ -416,11 +482,20 @@ impl RelayStore for MemoryStore {
                 .get_mut(&failure.id)
                 .filter(|r| r.published_at.is_none())
             {
-                row.event.attempts += 1;
+                let now = Utc::now();
                 row.last_error = Some(failure.error.clone());
                 match failure.outcome {
-                    FailureOutcome::RetryAt(at) => row.next_attempt_at = Some(at),
-                    FailureOutcome::DeadLetter => row.dead_lettered_at = Some(Utc::now()),
+                    FailureOutcome::RetryAfter(delay) => {
+                        row.event.attempts += 1;
+                        row.next_attempt_at =
+                            Some(now + chrono::Duration::from_std(delay).unwrap_or_default());
+                    }
+                    FailureOutcome::DeadLetter => {
+                        row.event.attempts += 1;
+                        row.next_attempt_at = None;
+                        row.dead_lettered_at = Some(now);
+                    }
+                    FailureOutcome::Held => row.next_attempt_at = Some(now),
                 }
             }
         }
@@ -429,6 +504,7 @@ impl RelayStore for MemoryStore {
 
     async fn stats(&self) -> Result<OutboxStats, OutboxError> {
         self.call()?;
+        let horizon = self.horizon();
         let rows = lock(&self.shared.rows);
         let now = Utc::now();
         Ok(OutboxStats {
@@ -442,6 +518,12 @@ impl RelayStore for MemoryStore {
                 .values()
                 .filter(|r| r.dead_lettered_at.is_some())
                 .count() as u64,
+            horizon_wait: rows
+                .values()
+                .filter(|r| r.pending() && r.next_attempt_at.is_none() && r.xid >= horizon)
+                .map(|r| (now - r.event.created_at).to_std().unwrap_or_default())
+                .max(),
+            horizon_holder: None,
         })
     }
 }

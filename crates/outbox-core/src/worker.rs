@@ -14,8 +14,8 @@ use tracing::{debug, error, info, warn};
 use crate::backoff::{Backoff, backoff_delay};
 use crate::metrics as m;
 use crate::{
-    AttemptFailure, ErrorClass, EventPublisher, FailureOutcome, OutboxCleanup, OutboxError,
-    OutboxEvent, OutboxStats, PublishError, RelaySettings, RelayStore,
+    AttemptFailure, ClaimCursor, ClaimedBatch, ErrorClass, EventPublisher, FailureOutcome,
+    OutboxCleanup, OutboxError, OutboxEvent, OutboxStats, PublishError, RelaySettings, RelayStore,
 };
 
 /// Wakes the relay at once, so an event committed in this process is sent within milliseconds
@@ -330,8 +330,8 @@ impl OutboxRelay for EventRelayWorker {
 struct Outcome {
     published: Vec<i64>,
     failures: Vec<AttemptFailure>,
-    /// Events that failed transiently or waited behind a failed event of their key: left as they
-    /// are, so the next claim retries them.
+    /// Events that failed transiently: left as they are (the cursor does not move past them),
+    /// so the next claim sends them again.
     left_pending: usize,
     transient_error: Option<PublishError>,
 }
@@ -368,12 +368,11 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
     // Results of a batch that could not be written back yet: written before any new claim, or
     // the same events would be sent again.
     let mut unwritten: Option<Outcome> = None;
-    // Claims may start above this id: every event up to it was published and acknowledged, or
-    // was committed late (the full scan, at least every `full_scan_interval`, collects those).
-    let mut cursor: Option<i64> = None;
-    let mut last_full_scan: Option<Instant> = None;
+    // Every new event at or before this position is published, dead-lettered or parked; the
+    // commit horizon guarantees no event can appear behind it later.
+    let mut cursor: Option<ClaimCursor> = None;
     // The next batch, claimed while the current one was being sent.
-    let mut prefetched: Option<Vec<OutboxEvent>> = None;
+    let mut prefetched: Option<ClaimedBatch> = None;
 
     while !*stop.borrow() {
         match shared.store.acquire_leadership().await {
@@ -409,69 +408,63 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
             continue;
         }
 
-        let batch = match prefetched.take() {
-            Some(batch) => batch,
-            None => {
-                let full_scan_due =
-                    last_full_scan.is_none_or(|t| t.elapsed() >= settings.full_scan_interval);
-                let after = cursor.filter(|_| !full_scan_due);
-                if after.is_none() {
-                    last_full_scan = Some(Instant::now());
+        let claimed = match prefetched.take() {
+            Some(claimed) => claimed,
+            None => match shared.store.claim_batch(settings.batch_size, cursor).await {
+                Ok(claimed) => claimed,
+                Err(e) => {
+                    store_failed(&shared, e, "claim", &mut transient, &mut stop).await;
+                    continue;
                 }
-                match shared.store.claim_batch(settings.batch_size, after).await {
-                    Ok(batch) => batch,
-                    Err(e) => {
-                        cursor = None;
-                        store_failed(&shared, e, "claim", &mut transient, &mut stop).await;
-                        continue;
-                    }
-                }
-            }
+            },
         };
         let now = Utc::now();
         shared.status().last_poll_at = Some(now);
         metrics::gauge!(m::RELAY_LAST_POLL_TIMESTAMP_SECONDS)
             .set(now.timestamp_millis() as f64 / 1000.0);
 
-        let Some(last_id) = batch.last().map(|e| e.id) else {
-            // Nothing above the cursor (or nothing at all): the next claim is a full scan.
-            if cursor.take().is_none() {
-                transient.reset();
+        if claimed.events.is_empty() {
+            // Every row read was parked behind a retrying event of its key (or nothing was
+            // there): move past them, and look again at once if the claim was full.
+            cursor = claimed.cursor.or(cursor);
+            transient.reset();
+            if !claimed.full {
                 wait_for_work(&shared, idle, &mut stop).await;
                 idle = (idle * 2).min(settings.poll_interval);
             }
             continue;
-        };
+        }
 
         let started = Instant::now();
-        let full = batch.len() >= settings.batch_size;
-        // While batches come back full, claim the next one as this one is sent: its events
-        // are sent only after this batch is acknowledged, so at most one batch is ever
-        // unacknowledged, and only if this one is published whole.
-        let prefetch =
-            full && last_full_scan.is_some_and(|t| t.elapsed() < settings.full_scan_interval);
+        // While batches come back full, claim the next one as this one is sent: its events are
+        // sent only after this batch is acknowledged, so at most one batch is ever
+        // unacknowledged, and only if this one was published whole. A batch with retries is
+        // not overlapped: the next claim could return the same retries.
+        let prefetch = claimed.full && claimed.retries == 0;
         let (outcome, next) = if prefetch {
             let (outcome, next) = tokio::join!(
-                publish_batch(&shared, &batch),
-                shared.store.claim_batch(settings.batch_size, Some(last_id))
+                publish_batch(&shared, &claimed.events),
+                shared
+                    .store
+                    .claim_batch(settings.batch_size, claimed.cursor.or(cursor))
             );
-            (outcome, next.ok().filter(|next| !next.is_empty()))
+            (outcome, next.ok())
         } else {
-            (publish_batch(&shared, &batch).await, None)
+            (publish_batch(&shared, &claimed.events).await, None)
         };
         let clean = outcome.failures.is_empty() && outcome.left_pending == 0;
         let transient_error = outcome.transient_error.clone();
         let written = write_back(&shared, &outcome).await;
-        metrics::histogram!(m::RELAY_BATCH_DURATION_SECONDS)
-            .record(started.elapsed().as_secs_f64());
+        let elapsed = started.elapsed();
+        metrics::histogram!(m::RELAY_BATCH_DURATION_SECONDS).record(elapsed.as_secs_f64());
+        log_batch(&claimed, &outcome, elapsed);
         if let Err(e) = written {
             unwritten = Some(outcome);
-            cursor = None;
             store_failed(&shared, e, "acknowledge", &mut transient, &mut stop).await;
             continue;
         }
         if let Some(error) = transient_error {
-            cursor = None;
+            // The cursor stays: the events left pending are claimed again, in order.
             let delay = transient.next();
             let (consecutive_failures, retry_in_ms) = (transient.failures(), millis(delay));
             warn!(
@@ -483,21 +476,42 @@ async fn run(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) -> Result<(),
             sleep_or_stop(delay, &mut stop).await;
             continue;
         }
+        cursor = claimed.cursor.or(cursor);
         transient.reset();
         idle = settings.min_poll_interval;
-        if clean && full {
-            cursor = Some(last_id);
+        if clean {
             prefetched = next;
-        } else {
-            cursor = None;
         }
-        if !full {
+        if !claimed.full {
             // The backlog is drained: wait briefly for more, or for a wake-up.
             wait_for_work(&shared, idle, &mut stop).await;
         }
     }
 
     shutdown(&shared, unwritten).await
+}
+
+/// One `info` line per batch: what was claimed, what became of it, and how long it took.
+fn log_batch(claimed: &ClaimedBatch, outcome: &Outcome, elapsed: Duration) {
+    let events = &claimed.events;
+    let (first_id, last_id) = (events.first().map(|e| e.id), events.last().map(|e| e.id));
+    let held = outcome
+        .failures
+        .iter()
+        .filter(|f| f.outcome == FailureOutcome::Held)
+        .count();
+    info!(
+        count = events.len(),
+        retries = claimed.retries,
+        first_id,
+        last_id,
+        published = outcome.published.len(),
+        failed = outcome.failures.len() - held,
+        held,
+        left_pending = outcome.left_pending,
+        duration_ms = elapsed.as_secs_f64() * 1000.0,
+        "outbox relay batch"
+    );
 }
 
 /// After a store operation failed: a lost leadership session yields to the standbys; anything
@@ -600,7 +614,13 @@ async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Outcome {
     for (index, event) in batch.iter().enumerate() {
         let key = (event.topic.as_str(), event.key.as_str());
         if held.contains(&key) {
-            outcome.left_pending += 1;
+            outcome.failures.push(AttemptFailure {
+                id: event.id,
+                event_id: event.event_id,
+                topic: event.topic.clone(),
+                error: "waiting behind an earlier event of its key that failed".to_owned(),
+                outcome: FailureOutcome::Held,
+            });
             continue;
         }
         let checked = match &event.defect {
@@ -643,7 +663,17 @@ async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Outcome {
     {
         let key = (event.topic.as_str(), event.key.as_str());
         match result {
-            Ok(_) => {
+            Ok(delivery) => {
+                debug!(
+                    event_id = %event.event_id,
+                    id = event.id,
+                    topic = %event.topic,
+                    key = %event.key,
+                    event_type = %event.event_type,
+                    partition = delivery.partition,
+                    offset = delivery.offset,
+                    "outbox event published"
+                );
                 if sent_held.contains(&key) {
                     // An earlier event of this key failed after both were handed to the
                     // producer: Kafka has this one first. Rare (broker-side rejection); logged
@@ -676,22 +706,11 @@ async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Outcome {
     for (topic, count) in per_topic {
         metrics::counter!(m::EVENTS_RELAYED_TOTAL, "topic" => topic.to_owned()).increment(count);
     }
-    let (claimed, published, failed) =
-        (batch.len(), outcome.published.len(), outcome.failures.len());
-    let (first_id, last_id) = (batch.first().map(|e| e.id), batch.last().map(|e| e.id));
-    debug!(
-        claimed,
-        published,
-        failed,
-        left_pending = outcome.left_pending,
-        first_id,
-        last_id,
-        "outbox relay batch"
-    );
     outcome
 }
 
-/// Records a permanent failure of `event`: a retry later, or a dead letter.
+/// Records a permanent failure of `event`: a retry later (the delay counted on the store's
+/// clock), or a dead letter.
 fn fail(shared: &Shared, event: &OutboxEvent, error: PublishError, outcome: &mut Outcome) {
     let settings = &shared.settings;
     shared.record_error(ErrorClass::Permanent, &error);
@@ -721,7 +740,7 @@ fn fail(shared: &Shared, event: &OutboxEvent, error: PublishError, outcome: &mut
             settings.retry_backoff_max,
             attempts,
         );
-        let retry_at = Utc::now() + chrono::Duration::from_std(delay).unwrap_or_default();
+        let retry_in_ms = millis(delay);
         warn!(
             event_id = %event.event_id,
             id = event.id,
@@ -729,7 +748,7 @@ fn fail(shared: &Shared, event: &OutboxEvent, error: PublishError, outcome: &mut
             event_type = %event.event_type,
             attempts,
             max_attempts = settings.max_attempts,
-            retry_at = %retry_at,
+            retry_in_ms,
             error = %error.message,
             "outbox event failed; will retry"
         );
@@ -738,7 +757,7 @@ fn fail(shared: &Shared, event: &OutboxEvent, error: PublishError, outcome: &mut
             event_id: event.event_id,
             topic: event.topic.clone(),
             error: error.message,
-            outcome: FailureOutcome::RetryAt(retry_at),
+            outcome: FailureOutcome::RetryAfter(delay),
         }
     };
     outcome.failures.push(failure);
@@ -787,6 +806,9 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
                 metrics::gauge!(m::OLDEST_PENDING_AGE_SECONDS)
                     .set(stats.oldest_pending_age.unwrap_or_default().as_secs_f64());
                 metrics::gauge!(m::EVENTS_DEAD_LETTERED).set(stats.dead_lettered as f64);
+                metrics::gauge!(m::COMMIT_HORIZON_WAIT_SECONDS)
+                    .set(stats.horizon_wait.unwrap_or_default().as_secs_f64());
+                warn_if_horizon_held(settings, &stats);
                 shared.status().stats = Some(stats);
             }
             Err(e) => {
@@ -827,4 +849,29 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             return;
         }
     }
+}
+
+/// Names the transaction that has held the commit horizon longer than `horizon_warn_after`, so
+/// an operator can find and end it (the playbook says how).
+fn warn_if_horizon_held(settings: &RelaySettings, stats: &OutboxStats) {
+    let Some(wait) = stats
+        .horizon_wait
+        .filter(|w| *w >= settings.horizon_warn_after)
+    else {
+        return;
+    };
+    let holder = stats.horizon_holder.clone().unwrap_or_default();
+    warn!(
+        waiting_s = wait.as_secs_f64(),
+        holder_pid = holder.pid,
+        holder_age_s = holder.age.map(|a| a.as_secs_f64()),
+        holder_state = holder.state.as_deref(),
+        holder_query_start = holder.query_start.map(|t| t.to_rfc3339()),
+        holder_query = holder.query.as_deref(),
+        holder_database = holder.database.as_deref(),
+        holder_user = holder.user.as_deref(),
+        holder_application = holder.application.as_deref(),
+        "outbox events wait behind a transaction that is still open; the relay keeps waiting \
+         so that no key is reordered: end that transaction (see the operations playbook)"
+    );
 }

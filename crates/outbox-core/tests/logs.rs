@@ -57,9 +57,10 @@ async fn failures_retries_and_dead_letters_are_structured_log_lines() {
     publisher.rejected_types.lock().unwrap().push("Bad".into());
     let id = store.add(NewOutboxEvent::new("t", "k", "Bad", b"x".to_vec()).with_topic("t"));
     let event_id = store.row(id).unwrap().event.event_id;
-    store.add(
+    let good = store.add(
         NewOutboxEvent::new("thing", "a", "ThingHappened", b"a:0".to_vec()).with_topic("things"),
     );
+    let good_event_id = store.row(good).unwrap().event.event_id;
     let worker = EventRelayWorker::new(
         store.clone(),
         publisher.clone(),
@@ -94,7 +95,20 @@ async fn failures_retries_and_dead_letters_are_structured_log_lines() {
     assert_eq!(dead["fields"]["topic"], "t");
     assert_eq!(dead["level"], "ERROR");
     let batch = find("outbox relay batch");
-    assert!(batch["fields"]["claimed"].as_u64().unwrap() >= 1);
+    assert_eq!(batch["level"], "INFO", "one line per batch at info");
+    assert_eq!(batch["fields"]["count"], 2);
+    assert_eq!(batch["fields"]["first_id"], id);
+    assert_eq!(batch["fields"]["last_id"], good);
+    assert_eq!(batch["fields"]["published"], 1);
+    assert_eq!(batch["fields"]["failed"], 1);
+    assert!(batch["fields"]["duration_ms"].as_f64().unwrap() >= 0.0);
+    let published = find("outbox event published");
+    assert_eq!(published["level"], "DEBUG", "one line per event at debug");
+    assert_eq!(published["fields"]["event_id"], good_event_id.to_string());
+    assert_eq!(published["fields"]["id"], good);
+    assert_eq!(published["fields"]["topic"], "things");
+    assert_eq!(published["fields"]["key"], "a");
+    assert!(published["fields"]["offset"].is_i64());
     find("outbox relay started");
     find("outbox relay stopped");
 }

@@ -892,34 +892,41 @@ async fn a_claim_that_fails_while_leading_backs_off_and_recovers() {
 }
 
 #[tokio::test]
-async fn full_batches_are_claimed_above_the_last_and_late_commits_are_collected() {
+async fn a_transaction_that_commits_late_is_delivered_before_the_ones_that_began_after_it() {
     let store = MemoryStore::new();
     let publisher = MemoryPublisher::new();
+    // A transaction took its id (and holds the commit horizon) before all of these.
     let late = store.reserve_id();
     for n in 0..40 {
         store.add(event(&format!("k{}", n % 4), n));
     }
-    let settings = fast()
-        .with_batch_size(4)
-        .with_full_scan_interval(Duration::from_millis(200));
-    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    let worker =
+        EventRelayWorker::new(store.clone(), publisher.clone(), fast().with_batch_size(4)).unwrap();
     worker.start().unwrap();
-    until("the backlog relayed", || publisher.delivered().len() == 40).await;
-    assert!(
-        store.claims_after.load(Ordering::SeqCst) >= 5,
-        "full batches were claimed above the previous one"
-    );
-    // A transaction that took an id before all of those commits only now.
-    store.add_reserved(late, event("late", 0));
-    until("the late event relayed", || {
-        publisher.delivered().len() == 41
+    until("the relay polled several times", || {
+        store.claims.load(Ordering::SeqCst) >= 5
     })
     .await;
-    worker.stop().await.unwrap();
     assert_eq!(
-        payloads(&publisher).last().map(String::as_str),
-        Some("late:0")
+        publisher.delivered().len(),
+        0,
+        "everything waits for the open one"
     );
+    store.add_reserved(late, event("k0", 99));
+    until("everything relayed", || publisher.delivered().len() == 41).await;
+    assert!(
+        store.claims_after.load(Ordering::SeqCst) >= 5,
+        "full batches were claimed after the previous one"
+    );
+    worker.stop().await.unwrap();
+    let delivered = payloads(&publisher);
+    assert_eq!(delivered[0], "k0:99", "the earlier transaction first");
+    let k0: Vec<&str> = delivered
+        .iter()
+        .map(String::as_str)
+        .filter(|p| p.starts_with("k0:"))
+        .collect();
+    assert_eq!(k0[..3], ["k0:99", "k0:0", "k0:4"]);
 }
 
 #[tokio::test]

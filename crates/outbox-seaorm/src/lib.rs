@@ -1,7 +1,8 @@
 //! The transactional outbox on PostgreSQL through SeaORM.
 //!
-//! - [`CreateEventOutbox`]: the migration that creates `event_outbox`, to add to your migrator in
-//!   one line (or [`migration::UP_SQL`] for other migration tools);
+//! - [`CreateEventOutbox`] and [`AddCommitHorizon`]: the migrations that create `event_outbox`,
+//!   to add to your migrator in two lines (or [`migration::UP_SQL`] and
+//!   [`migration::COMMIT_HORIZON_UP_SQL`] for other migration tools);
 //! - [`entity`]: the SeaORM entity of the table, for queries of your own;
 //! - [`PostgresOutbox`]: the repository. It adds events on your transaction
 //!   ([`OutboxWriter`](outbox_core::OutboxWriter)), serves the relay worker
@@ -38,5 +39,5 @@ pub mod entity;
 pub mod migration;
 mod repository;
 
-pub use migration::{CreateEventOutbox, OutboxMigrator};
-pub use repository::{CLAIM, CLAIM_AFTER, PostgresOutbox};
+pub use migration::{AddCommitHorizon, CreateEventOutbox, OutboxMigrator};
+pub use repository::{CLAIM, PostgresOutbox};

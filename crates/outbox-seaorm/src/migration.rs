@@ -12,12 +12,14 @@
 //!         vec![
 //!             // ... your own migrations ...
 //!             Box::new(outbox_seaorm::CreateEventOutbox),
+//!             Box::new(outbox_seaorm::AddCommitHorizon),
 //!         ]
 //!     }
 //! }
 //! ```
 //!
-//! Services on other migration tools apply [`UP_SQL`] (the file `sql/event_outbox.up.sql`) instead.
+//! Services on other migration tools apply [`UP_SQL`] (the file `sql/event_outbox.up.sql`) and
+//! then [`COMMIT_HORIZON_UP_SQL`] (`sql/commit_horizon.up.sql`, in one transaction) instead.
 
 use sea_orm_migration::prelude::*;
 
@@ -26,6 +28,13 @@ pub const UP_SQL: &str = include_str!("../sql/event_outbox.up.sql");
 
 /// The DDL that drops the table (`sql/event_outbox.down.sql`).
 pub const DOWN_SQL: &str = include_str!("../sql/event_outbox.down.sql");
+
+/// The DDL that adds the writer's transaction id and the claim indexes on it
+/// (`sql/commit_horizon.up.sql`). Run it in one transaction.
+pub const COMMIT_HORIZON_UP_SQL: &str = include_str!("../sql/commit_horizon.up.sql");
+
+/// The DDL that reverts [`COMMIT_HORIZON_UP_SQL`] (`sql/commit_horizon.down.sql`).
+pub const COMMIT_HORIZON_DOWN_SQL: &str = include_str!("../sql/commit_horizon.down.sql");
 
 /// Creates `event_outbox` with its indexes; its `down` drops the table.
 #[derive(Debug, Clone, Copy, Default)]
@@ -53,13 +62,44 @@ impl MigrationTrait for CreateEventOutbox {
     }
 }
 
-/// A migrator holding only the outbox migration, for programs without a migrator of their own
+/// Adds `event_outbox.xid`, the writer's transaction id, and the claim indexes on it, so the
+/// relay claims on a commit horizon; safe on a live, populated table (see the SQL file's
+/// comments). Its `down` goes back to id-ordered indexes.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddCommitHorizon;
+
+impl MigrationName for AddCommitHorizon {
+    fn name(&self) -> &str {
+        "m20261130_000001_add_commit_horizon"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddCommitHorizon {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(COMMIT_HORIZON_UP_SQL)
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(COMMIT_HORIZON_DOWN_SQL)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A migrator holding only the outbox migrations, for programs without a migrator of their own
 /// (examples, tools, tests).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct OutboxMigrator;
 
 impl MigratorTrait for OutboxMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateEventOutbox)]
+        vec![Box::new(CreateEventOutbox), Box::new(AddCommitHorizon)]
     }
 }

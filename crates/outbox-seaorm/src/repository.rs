@@ -4,12 +4,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use outbox_core::metrics as m;
 use outbox_core::{
-    AttemptFailure, DeadLetter, DeadLetterFilter, DeadLetterStore, EventId, EventTypeMapper,
-    FailureOutcome, NewOutboxEvent, OutboxCleanup, OutboxError, OutboxEvent, OutboxStats,
-    OutboxWriter, RelayStore, TopicMap,
+    AttemptFailure, ClaimCursor, ClaimedBatch, DeadLetter, DeadLetterFilter, DeadLetterStore,
+    EventId, EventTypeMapper, FailureOutcome, HorizonHolder, NewOutboxEvent, OutboxCleanup,
+    OutboxError, OutboxEvent, OutboxStats, OutboxWriter, RelayStore, TopicMap,
 };
 use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::{self, PgConnection, Row, postgres::PgRow};
@@ -18,7 +18,7 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, Statement, Value,
 };
 use tokio::sync::Mutex;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::entity;
 
@@ -32,69 +32,63 @@ const INSERT_ONE: &str = "INSERT INTO event_outbox \
      (event_id, aggregate_type, aggregate_id, event_type, topic, event_key, payload, headers) \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
-/// The relay's full claim (`claim_batch(limit, None)`, `$1` = limit): pending events in id order,
-/// skipping those backing off and everything queued behind them on the same topic and key.
+/// The relay's claim (`$1` = limit, `$2` = the cursor's xid as text, `$3` = its row id; from
+/// the start, `'0'` and 0), in two lanes, retries first:
+///
+/// - `retries`: parked rows whose retry time has come, in `(xid, id)` order, except those behind
+///   a parked row of their topic and key that is not due yet;
+/// - `fresh`: pending rows after the cursor in `(xid, id)` order whose writer's transaction is
+///   older than every transaction still running (`pg_snapshot_xmin`), so no row can ever commit
+///   behind the cursor. `blocked` marks those whose topic and key has a parked row: the
+///   repository parks them behind it instead of returning them.
+///
 /// Public for `EXPLAIN` by operators and the benchmark.
-pub const CLAIM: &str = "\
-WITH blocked AS (
-    SELECT topic, event_key, min(id) AS first_id
-    FROM event_outbox
-    WHERE next_attempt_at > now() AND published_at IS NULL AND dead_lettered_at IS NULL
-    GROUP BY topic, event_key
-)
-SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
-       o.payload, o.headers, o.created_at, o.attempts
-FROM event_outbox o
-WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
-  AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
-  AND NOT EXISTS (
-      SELECT 1 FROM blocked b
-      WHERE b.topic = o.topic AND b.event_key = o.event_key AND b.first_id < o.id)
-ORDER BY o.id
-LIMIT $1";
+pub const CLAIM: &str = include_str!("../sql/claim.sql");
 
-/// The claim above a cursor (`claim_batch(limit, Some(after))`, `$1` = limit, `$2` = after): only
-/// rows above it, so the index scan does not walk again over rows deleted since the last vacuum.
-/// It returns nothing while any event is backing off after a failure (then only the full claim
-/// keeps keys in order). Public for `EXPLAIN` by operators and the benchmark.
-pub const CLAIM_AFTER: &str = "\
-SELECT o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
-       o.payload, o.headers, o.created_at, o.attempts
-FROM event_outbox o
-WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL AND o.next_attempt_at IS NULL
-  AND o.id > $2
-  AND NOT EXISTS (
-      SELECT 1 FROM event_outbox r
-      WHERE r.next_attempt_at IS NOT NULL AND r.published_at IS NULL AND r.dead_lettered_at IS NULL)
-ORDER BY o.id
-LIMIT $1";
-
-/// Most ids one acknowledgement statement carries. sqlx 0.9 leaves Nagle's algorithm on, and a
-/// statement over about 16 KiB goes out in two writes whose second waits ~40 ms for the server's
-/// delayed ACK; 1,000 ids stay under that.
-const ACK_CHUNK: usize = 1000;
+/// Parks new rows behind a parked row of their key (`$1` = ids).
+const PARK_HELD: &str = "\
+UPDATE event_outbox SET next_attempt_at = now(),
+    last_error = 'waiting behind an earlier event of its key'
+WHERE id = ANY($1) AND next_attempt_at IS NULL AND published_at IS NULL
+  AND dead_lettered_at IS NULL";
 
 const DELETE_PUBLISHED: &str = "DELETE FROM event_outbox WHERE id = ANY($1)";
 
 const MARK_PUBLISHED: &str =
     "UPDATE event_outbox SET published_at = now() WHERE id = ANY($1) AND published_at IS NULL";
 
+/// Failed attempts and held rows; retry times on the database's clock (`$3` = delays in
+/// seconds), never the relay's.
 const RECORD_FAILURES: &str = "\
 UPDATE event_outbox AS o
-SET attempts = o.attempts + 1,
+SET attempts = o.attempts + CASE WHEN f.kind = 'held' THEN 0 ELSE 1 END,
     last_error = f.error,
-    next_attempt_at = f.retry_at,
-    dead_lettered_at = CASE WHEN f.dead THEN now() ELSE NULL END
-FROM unnest($1::bigint[], $2::text[], $3::timestamptz[], $4::bool[]) AS f(id, error, retry_at, dead)
-WHERE o.id = f.id AND o.published_at IS NULL";
+    next_attempt_at = CASE f.kind
+        WHEN 'dead' THEN NULL
+        WHEN 'held' THEN now()
+        ELSE now() + make_interval(secs => f.delay) END,
+    dead_lettered_at = CASE WHEN f.kind = 'dead' THEN now() ELSE NULL END
+FROM unnest($1::bigint[], $2::text[], $3::float8[], $4::text[]) AS f(id, error, delay, kind)
+WHERE o.id = f.id AND o.published_at IS NULL AND o.dead_lettered_at IS NULL";
 
-const STATS: &str = "\
-SELECT
-    (SELECT count(*) FROM event_outbox
-     WHERE published_at IS NULL AND dead_lettered_at IS NULL) AS pending,
-    (SELECT EXTRACT(EPOCH FROM now() - created_at)::float8 FROM event_outbox
-     WHERE published_at IS NULL AND dead_lettered_at IS NULL ORDER BY id LIMIT 1) AS oldest_age,
-    (SELECT count(*) FROM event_outbox WHERE dead_lettered_at IS NOT NULL) AS dead";
+/// Backlog, dead letters, and how long the oldest committed event has waited behind the commit
+/// horizon.
+const STATS: &str = include_str!("../sql/stats.sql");
+
+/// The oldest transaction holding an xid: the one that holds the commit horizon.
+const HORIZON_HOLDER: &str = "\
+SELECT a.pid,
+       EXTRACT(EPOCH FROM now() - a.xact_start)::float8 AS age,
+       a.state,
+       a.query_start,
+       left(a.query, 200) AS query,
+       a.datname::text AS datname,
+       a.usename::text AS usename,
+       a.application_name
+FROM pg_stat_activity a
+WHERE a.backend_xid IS NOT NULL
+ORDER BY age(a.backend_xid) DESC
+LIMIT 1";
 
 const DELETE_EXPIRED: &str = "\
 DELETE FROM event_outbox WHERE id IN (
@@ -103,10 +97,41 @@ DELETE FROM event_outbox WHERE id IN (
     ORDER BY published_at
     LIMIT $2)";
 
+/// Settings of the leadership session. Server-side keepalives and a user timeout end the session
+/// (releasing the lock) within about 20 s when the relay's host vanishes, instead of after the
+/// operating system's two-hour keepalive default; a statement timeout ends a stuck statement.
+const SESSION_SETUP: &str = "\
+SELECT set_config('application_name', 'outbox-relay', false),
+       set_config('statement_timeout', '30s', false),
+       set_config('idle_in_transaction_session_timeout', '60s', false),
+       set_config('tcp_keepalives_idle', '5', false),
+       set_config('tcp_keepalives_interval', '5', false),
+       set_config('tcp_keepalives_count', '3', false),
+       set_config('tcp_user_timeout', '20000', false)";
+
+/// Longest the relay waits for any statement on its leadership session: past the server's
+/// statement timeout, for a server that stopped answering altogether.
+const SESSION_CALL_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// How often a leader checks that its statements still reach the backend holding the lock.
+const BACKEND_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Most rows one multi-row `INSERT` carries: PostgreSQL takes at most 65,535 parameters, 8 a row.
+const MAX_ROWS_PER_INSERT: usize = 65_535 / 8;
+
+const POOLER_DETECTED: &str = "the relay's statements reach different PostgreSQL backends: a \
+connection pooler in transaction or statement mode sits between the relay and PostgreSQL, and \
+session advisory locks cannot elect a single relay through it. Point the relay's database URL at \
+PostgreSQL directly (or at a pooler in session mode)";
+
 /// The session that holds (or tries for) the relay leadership.
 struct Session {
     conn: PgConnection,
     leader: bool,
+    /// The backend the lock was taken on.
+    pid: i32,
+    /// When that was last confirmed.
+    checked_at: std::time::Instant,
 }
 
 /// The outbox on PostgreSQL, through SeaORM.
@@ -219,7 +244,26 @@ impl PostgresOutbox {
         &self.db
     }
 
-    fn prepare(&self, event: NewOutboxEvent) -> Result<(EventId, Vec<Value>, String), OutboxError> {
+    /// The leadership session's connection settings (keepalives, timeouts), as the server sees
+    /// them; fails with [`OutboxError::LeadershipLost`] when this relay does not lead. For tests
+    /// and diagnostics.
+    #[doc(hidden)]
+    pub async fn session_settings(&self) -> Result<Vec<(String, String)>, OutboxError> {
+        self.on_session(|session| {
+            Box::pin(
+                sqlx::query_as::<_, (String, String)>(
+                    "SELECT name, setting FROM pg_settings WHERE name IN ('application_name', \
+                     'statement_timeout', 'idle_in_transaction_session_timeout', \
+                     'tcp_keepalives_idle', 'tcp_keepalives_interval', 'tcp_keepalives_count', \
+                     'tcp_user_timeout')",
+                )
+                .fetch_all(&mut session.conn),
+            )
+        })
+        .await
+    }
+
+    fn prepare(&self, event: NewOutboxEvent) -> Result<Prepared, OutboxError> {
         event.validate()?;
         let topic = match &event.topic {
             Some(topic) => topic.clone(),
@@ -233,15 +277,13 @@ impl PostgresOutbox {
         let headers = serde_json::to_value(&event.headers)?;
         let event_id = event.event_id;
         let event_type = event.event_type.clone();
-        debug!(
-            event_id = %event_id,
-            event_type = %event.event_type,
-            aggregate_type = %event.aggregate_type,
-            aggregate_id = %event.aggregate_id,
-            topic = %topic,
-            key = %key,
-            "outbox event added"
-        );
+        // What the "added" line names, copied only when that line is logged.
+        let logged = tracing::enabled!(tracing::Level::DEBUG).then(|| Added {
+            aggregate_type: event.aggregate_type.clone(),
+            aggregate_id: event.aggregate_id.clone(),
+            topic: topic.clone(),
+            key: key.clone(),
+        });
         let values = vec![
             event_id.as_uuid().into(),
             event.aggregate_type.into(),
@@ -252,7 +294,12 @@ impl PostgresOutbox {
             event.payload.into(),
             headers.into(),
         ];
-        Ok((event_id, values, event_type))
+        Ok(Prepared {
+            event_id,
+            event_type,
+            values,
+            logged,
+        })
     }
 
     /// Runs `f` on the leadership session. Any error closes the session (releasing the lock):
@@ -269,7 +316,13 @@ impl PostgresOutbox {
         let Some(session) = guard.as_mut().filter(|s| s.leader) else {
             return Err(OutboxError::LeadershipLost);
         };
-        let result = f(session).await;
+        let result = match tokio::time::timeout(SESSION_CALL_TIMEOUT, f(session)).await {
+            Ok(result) => result,
+            Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {SESSION_CALL_TIMEOUT:?}"),
+            ))),
+        };
         result.map_err(|error| {
             *guard = None;
             warn!(error = %error, "outbox relay session failed; closed it and gave up the leadership");
@@ -346,6 +399,42 @@ fn model_to_dead_letter(model: entity::Model) -> Option<DeadLetter> {
     })
 }
 
+/// An event ready to insert.
+struct Prepared {
+    event_id: EventId,
+    event_type: String,
+    values: Vec<Value>,
+    logged: Option<Added>,
+}
+
+/// The fields of the "outbox event added" line.
+struct Added {
+    aggregate_type: String,
+    aggregate_id: String,
+    topic: String,
+    key: String,
+}
+
+impl Prepared {
+    /// Counts the event and logs it: only once its `INSERT` succeeded.
+    fn added(self) -> EventId {
+        metrics::counter!(m::EVENTS_ADDED_TOTAL, "event_type" => self.event_type.clone())
+            .increment(1);
+        if let Some(added) = self.logged {
+            debug!(
+                event_id = %self.event_id,
+                event_type = %self.event_type,
+                aggregate_type = %added.aggregate_type,
+                aggregate_id = %added.aggregate_id,
+                topic = %added.topic,
+                key = %added.key,
+                "outbox event added"
+            );
+        }
+        self.event_id
+    }
+}
+
 /// The connections an event can be added on. Concrete rather than generic over
 /// `ConnectionTrait`, so the writer's code is compiled (and measured) once.
 #[derive(Clone, Copy)]
@@ -371,50 +460,51 @@ impl PostgresOutbox {
         conn: Writer<'_>,
         event: NewOutboxEvent,
     ) -> Result<EventId, OutboxError> {
-        let (event_id, values, event_type) = self.prepare(event)?;
+        let mut prepared = self.prepare(event)?;
+        let values = std::mem::take(&mut prepared.values);
         conn.execute(Statement::from_sql_and_values(
             DbBackend::Postgres,
             INSERT_ONE,
             values,
         ))
         .await?;
-        metrics::counter!(m::EVENTS_ADDED_TOTAL, "event_type" => event_type).increment(1);
-        Ok(event_id)
+        Ok(prepared.added())
     }
 
+    /// One multi-row `INSERT` per [`MAX_ROWS_PER_INSERT`] events, in order.
     async fn add_many(
         &self,
         conn: Writer<'_>,
         events: Vec<NewOutboxEvent>,
     ) -> Result<Vec<EventId>, OutboxError> {
-        if events.is_empty() {
-            return Ok(Vec::new());
+        let mut prepared = events
+            .into_iter()
+            .map(|event| self.prepare(event))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ids = Vec::with_capacity(prepared.len());
+        for chunk in prepared.chunks_mut(MAX_ROWS_PER_INSERT) {
+            let mut values = Vec::with_capacity(chunk.len() * 8);
+            let mut rows = Vec::with_capacity(chunk.len());
+            for (i, event) in chunk.iter_mut().enumerate() {
+                values.append(&mut event.values);
+                let first = i * 8 + 1;
+                let placeholders: Vec<String> =
+                    (first..first + 8).map(|n| format!("${n}")).collect();
+                rows.push(format!("({})", placeholders.join(", ")));
+            }
+            let sql = format!(
+                "INSERT INTO event_outbox ({INSERT_COLUMNS}) VALUES {}",
+                rows.join(", ")
+            );
+            conn.execute(Statement::from_sql_and_values(
+                DbBackend::Postgres,
+                sql,
+                values,
+            ))
+            .await?;
         }
-        let mut ids = Vec::with_capacity(events.len());
-        let mut types = Vec::with_capacity(events.len());
-        let mut values = Vec::with_capacity(events.len() * 8);
-        let mut rows = Vec::with_capacity(events.len());
-        for (i, event) in events.into_iter().enumerate() {
-            let (id, row_values, event_type) = self.prepare(event)?;
-            ids.push(id);
-            types.push(event_type);
-            values.extend(row_values);
-            let first = i * 8 + 1;
-            let placeholders: Vec<String> = (first..first + 8).map(|n| format!("${n}")).collect();
-            rows.push(format!("({})", placeholders.join(", ")));
-        }
-        let sql = format!(
-            "INSERT INTO event_outbox ({INSERT_COLUMNS}) VALUES {}",
-            rows.join(", ")
-        );
-        conn.execute(Statement::from_sql_and_values(
-            DbBackend::Postgres,
-            sql,
-            values,
-        ))
-        .await?;
-        for event_type in types {
-            metrics::counter!(m::EVENTS_ADDED_TOTAL, "event_type" => event_type).increment(1);
+        for event in prepared {
+            ids.push(event.added());
         }
         Ok(ids)
     }
@@ -460,43 +550,135 @@ impl OutboxWriter<DatabaseConnection> for PostgresOutbox {
     }
 }
 
+/// Takes the lock on a fresh or standing session: `Ok(Some(pid))` with the lock, `Ok(None)`
+/// while another session holds it.
+fn try_lock(session: &mut Session, key: Option<i64>) -> SessionFuture<'_, Option<i32>> {
+    Box::pin(async move {
+        let query = match key {
+            Some(key) => sqlx::query_as::<_, (bool, i32)>(
+                "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
+            )
+            .bind(key),
+            None => sqlx::query_as::<_, (bool, i32)>(
+                "SELECT pg_try_advisory_lock(hashtextextended('outbox-relay:' || current_schema(), 0)), \
+             pg_backend_pid()",
+            ),
+        };
+        let (locked, pid) = query.persistent(false).fetch_one(&mut session.conn).await?;
+        Ok(locked.then_some(pid))
+    })
+}
+
+/// A statement on the leadership session (boxed, so the trait's futures stay `Send`).
+type SessionFuture<'a, T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, sqlx::Error>> + Send + 'a>>;
+
+/// Prepares a new leadership session (see [`SESSION_SETUP`]).
+fn set_up(conn: &mut PgConnection) -> SessionFuture<'_, ()> {
+    Box::pin(async move {
+        sqlx::query(SESSION_SETUP).execute(conn).await?;
+        Ok(())
+    })
+}
+
+/// Whether the session's next statement still reaches backend `pid`, and that backend holds an
+/// advisory lock: behind a pooler in transaction mode, it may not.
+fn same_backend(session: &mut Session, pid: i32) -> SessionFuture<'_, bool> {
+    Box::pin(
+        sqlx::query_scalar::<_, bool>(
+            "SELECT pg_backend_pid() = $1 AND EXISTS (SELECT 1 FROM pg_locks \
+         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted)",
+        )
+        .bind(pid)
+        .persistent(false)
+        .fetch_one(&mut session.conn),
+    )
+}
+
+fn parse_cursor(row: &PgRow) -> Result<ClaimCursor, sqlx::Error> {
+    let xid: String = row.try_get("xid_text")?;
+    let xid = xid.parse().map_err(|e| sqlx::Error::ColumnDecode {
+        index: "xid_text".into(),
+        source: Box::new(e),
+    })?;
+    Ok(ClaimCursor {
+        xid,
+        id: row.try_get("id")?,
+    })
+}
+
 #[async_trait]
 impl RelayStore for PostgresOutbox {
     async fn acquire_leadership(&self) -> Result<bool, OutboxError> {
         let mut guard = self.session.lock().await;
-        if guard.as_ref().is_some_and(|s| s.leader) {
-            // Held: a dead session shows up as a failed claim, which closes it.
-            return Ok(true);
+        if let Some(session) = guard.as_mut().filter(|s| s.leader) {
+            // Held: a dead session shows up as a failed claim, which closes it. Now and then,
+            // check that statements still reach the backend that holds the lock.
+            if session.checked_at.elapsed() < BACKEND_CHECK_INTERVAL {
+                return Ok(true);
+            }
+            let pid = session.pid;
+            match same_backend(session, pid).await {
+                Ok(true) => {
+                    session.checked_at = std::time::Instant::now();
+                    return Ok(true);
+                }
+                Ok(false) => {
+                    *guard = None;
+                    error!("{POOLER_DETECTED}");
+                    return Err(OutboxError::Config(POOLER_DETECTED.into()));
+                }
+                Err(error) => {
+                    *guard = None;
+                    warn!(error = %error, "outbox relay session failed; closed it and gave up the leadership");
+                    return Err(OutboxError::LeadershipLost);
+                }
+            }
         }
         if guard.is_none() {
-            let conn = self
+            let mut conn = self
                 .db
                 .get_postgres_connection_pool()
                 .acquire()
                 .await
                 .map_err(sqlx_error)?
                 .detach();
+            set_up(&mut conn).await.map_err(sqlx_error)?;
             *guard = Some(Session {
                 conn,
                 leader: false,
+                pid: 0,
+                checked_at: std::time::Instant::now(),
             });
         }
         let Some(session) = guard.as_mut() else {
             return Err(OutboxError::LeadershipLost);
         };
-        let query = match self.lock_key {
-            Some(key) => sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)").bind(key),
-            None => sqlx::query_scalar::<_, bool>(
-                "SELECT pg_try_advisory_lock(hashtextextended('outbox-relay:' || current_schema(), 0))",
-            ),
+        let locked = match try_lock(session, self.lock_key).await {
+            Ok(locked) => locked,
+            Err(error) => {
+                *guard = None;
+                return Err(sqlx_error(error));
+            }
         };
-        match query.fetch_one(&mut session.conn).await {
+        let Some(pid) = locked else {
+            return Ok(false);
+        };
+        match same_backend(session, pid).await {
             Ok(true) => {
                 session.leader = true;
-                info!("outbox relay took the leadership lock");
+                session.pid = pid;
+                session.checked_at = std::time::Instant::now();
+                info!(backend_pid = pid, "outbox relay took the leadership lock");
                 Ok(true)
             }
-            Ok(false) => Ok(false),
+            Ok(false) => {
+                // Whatever backend took the lock keeps it until its session ends: dropping this
+                // connection is all a relay behind a pooler can do.
+                *guard = None;
+                error!("{POOLER_DETECTED}");
+                Err(OutboxError::Config(POOLER_DETECTED.into()))
+            }
             Err(error) => {
                 *guard = None;
                 Err(sqlx_error(error))
@@ -525,17 +707,51 @@ impl RelayStore for PostgresOutbox {
     async fn claim_batch(
         &self,
         limit: usize,
-        after: Option<i64>,
-    ) -> Result<Vec<OutboxEvent>, OutboxError> {
-        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        after: Option<ClaimCursor>,
+    ) -> Result<ClaimedBatch, OutboxError> {
+        let after = after.unwrap_or_default();
+        let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
         self.on_session(move |session| {
             Box::pin(async move {
-                let query = match after {
-                    Some(after) => sqlx::query(CLAIM_AFTER).bind(limit).bind(after),
-                    None => sqlx::query(CLAIM).bind(limit),
-                };
-                let rows = query.fetch_all(&mut session.conn).await?;
-                rows.iter().map(row_to_event).collect()
+                let rows = sqlx::query(CLAIM)
+                    .bind(limit_i64)
+                    .bind(after.xid.to_string())
+                    .bind(after.id)
+                    .fetch_all(&mut session.conn)
+                    .await?;
+                let mut batch = ClaimedBatch::default();
+                let mut held = Vec::new();
+                let mut fresh = 0;
+                for row in &rows {
+                    let lane: i32 = row.try_get("lane")?;
+                    if lane == 1 {
+                        batch.events.push(row_to_event(row)?);
+                        batch.retries += 1;
+                        continue;
+                    }
+                    if batch.retries + fresh >= limit {
+                        break;
+                    }
+                    fresh += 1;
+                    batch.cursor = Some(parse_cursor(row)?);
+                    if row.try_get::<bool, _>("blocked")? {
+                        held.push(row.try_get::<i64, _>("id")?);
+                    } else {
+                        batch.events.push(row_to_event(row)?);
+                    }
+                }
+                batch.full = batch.retries + fresh >= limit;
+                if !held.is_empty() {
+                    sqlx::query(PARK_HELD)
+                        .bind(&held)
+                        .execute(&mut session.conn)
+                        .await?;
+                    debug!(
+                        held = held.len(),
+                        "outbox events parked behind a retrying event of their key"
+                    );
+                }
+                Ok(batch)
             })
         })
         .await
@@ -553,15 +769,11 @@ impl RelayStore for PostgresOutbox {
         let ids = ids.to_vec();
         self.on_session(move |session| {
             Box::pin(async move {
-                let mut done = 0;
-                for chunk in ids.chunks(ACK_CHUNK) {
-                    done += sqlx::query(sql)
-                        .bind(chunk)
-                        .execute(&mut session.conn)
-                        .await?
-                        .rows_affected();
-                }
-                Ok(done)
+                Ok(sqlx::query(sql)
+                    .bind(ids)
+                    .execute(&mut session.conn)
+                    .await?
+                    .rows_affected())
             })
         })
         .await
@@ -573,29 +785,26 @@ impl RelayStore for PostgresOutbox {
         }
         let mut ids = Vec::with_capacity(failures.len());
         let mut errors = Vec::with_capacity(failures.len());
-        let mut retry_at: Vec<Option<DateTime<Utc>>> = Vec::with_capacity(failures.len());
-        let mut dead = Vec::with_capacity(failures.len());
+        let mut delays = Vec::with_capacity(failures.len());
+        let mut kinds = Vec::with_capacity(failures.len());
         for failure in failures {
             ids.push(failure.id);
             errors.push(truncate(&failure.error));
-            match failure.outcome {
-                FailureOutcome::RetryAt(at) => {
-                    retry_at.push(Some(at));
-                    dead.push(false);
-                }
-                FailureOutcome::DeadLetter => {
-                    retry_at.push(None);
-                    dead.push(true);
-                }
-            }
+            let (delay, kind) = match failure.outcome {
+                FailureOutcome::RetryAfter(delay) => (delay.as_secs_f64(), "retry"),
+                FailureOutcome::DeadLetter => (0.0, "dead"),
+                FailureOutcome::Held => (0.0, "held"),
+            };
+            delays.push(delay);
+            kinds.push(kind);
         }
         self.on_session(move |session| {
             Box::pin(async move {
                 sqlx::query(RECORD_FAILURES)
                     .bind(ids)
                     .bind(errors)
-                    .bind(retry_at)
-                    .bind(dead)
+                    .bind(delays)
+                    .bind(kinds)
                     .execute(&mut session.conn)
                     .await?;
                 Ok(())
@@ -605,19 +814,48 @@ impl RelayStore for PostgresOutbox {
     }
 
     async fn stats(&self) -> Result<OutboxStats, OutboxError> {
+        let pool = self.db.get_postgres_connection_pool();
         let row = sqlx::query(STATS)
-            .fetch_one(self.db.get_postgres_connection_pool())
+            .fetch_one(pool)
             .await
             .map_err(sqlx_error)?;
         let pending: i64 = row.try_get("pending").map_err(sqlx_error)?;
         let oldest: Option<f64> = row.try_get("oldest_age").map_err(sqlx_error)?;
         let dead: i64 = row.try_get("dead").map_err(sqlx_error)?;
+        let horizon_wait: Option<f64> = row.try_get("horizon_wait").map_err(sqlx_error)?;
+        let seconds = |s: f64| Duration::from_secs_f64(s.max(0.0));
+        let horizon_holder = match horizon_wait {
+            Some(_) => horizon_holder(pool).await.map_err(sqlx_error)?,
+            None => None,
+        };
         Ok(OutboxStats {
             pending: u64::try_from(pending).unwrap_or_default(),
-            oldest_pending_age: oldest.map(|s| Duration::from_secs_f64(s.max(0.0))),
+            oldest_pending_age: oldest.map(seconds),
             dead_lettered: u64::try_from(dead).unwrap_or_default(),
+            horizon_wait: horizon_wait.map(seconds),
+            horizon_holder,
         })
     }
+}
+
+/// The transaction holding the commit horizon, as far as this role may see it
+/// (`pg_read_all_stats` shows every session's query).
+async fn horizon_holder(pool: &sqlx::PgPool) -> Result<Option<HorizonHolder>, sqlx::Error> {
+    let Some(row) = sqlx::query(HORIZON_HOLDER).fetch_optional(pool).await? else {
+        return Ok(None);
+    };
+    let age: Option<f64> = row.try_get("age")?;
+    let query_start: Option<chrono::DateTime<Utc>> = row.try_get("query_start")?;
+    Ok(Some(HorizonHolder {
+        pid: row.try_get("pid")?,
+        age: age.map(|s| Duration::from_secs_f64(s.max(0.0))),
+        state: row.try_get("state")?,
+        query_start,
+        query: row.try_get("query")?,
+        database: row.try_get("datname")?,
+        user: row.try_get("usename")?,
+        application: row.try_get("application_name")?,
+    }))
 }
 
 /// The SeaORM condition for a dead-letter filter.
@@ -653,10 +891,8 @@ impl PostgresOutbox {
                 Column::DeadLetteredAt,
                 Expr::value(Value::ChronoDateTimeWithTimeZone(None)),
             )
-            .col_expr(
-                Column::NextAttemptAt,
-                Expr::value(Value::ChronoDateTimeWithTimeZone(None)),
-            )
+            // Parked and due: the retry lane claims it, however far the cursor has moved.
+            .col_expr(Column::NextAttemptAt, Expr::current_timestamp().into())
             .col_expr(Column::Attempts, Expr::value(0))
             .filter(condition)
             .exec(&self.db)

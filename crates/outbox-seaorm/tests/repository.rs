@@ -5,7 +5,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use outbox_core::{
-    NewOutboxEvent, OutboxError, OutboxWriter, RelayStore, TRACEPARENT_HEADER, TopicMap,
+    ClaimCursor, ClaimedBatch, FailureOutcome, NewOutboxEvent, OutboxError, OutboxWriter,
+    RelayStore, TRACEPARENT_HEADER, TopicMap,
 };
 use outbox_seaorm::{OutboxMigrator, PostgresOutbox, entity};
 use outbox_test_harness::TestDatabase;
@@ -181,7 +182,7 @@ async fn rows_edited_into_a_bad_shape_are_claimed_as_defective() {
             .is_err()
     );
     assert!(outbox.acquire_leadership().await.unwrap());
-    let batch = outbox.claim_batch(10, None).await.unwrap();
+    let batch = settled_claim(&outbox, 10, None).await.events;
     assert_eq!(batch.len(), 2, "one bad row does not fail the claim");
     assert_eq!(batch[0].defect, None);
     assert!(batch[1].defect.as_deref().unwrap().contains("header `x`"));
@@ -225,19 +226,14 @@ async fn the_claim_reads_the_pending_index_on_a_large_backlog() {
     )
     .await
     .unwrap();
+    let claim = outbox_seaorm::CLAIM
+        .replace("$1", "500")
+        .replace("$2", "'0'")
+        .replace("$3", "0");
     let lines = conn
         .query_all(Statement::from_string(
             sea_orm::DbBackend::Postgres,
-            "EXPLAIN WITH blocked AS (
-                SELECT topic, event_key, min(id) AS first_id FROM event_outbox
-                WHERE next_attempt_at > now() AND published_at IS NULL AND dead_lettered_at IS NULL
-                GROUP BY topic, event_key)
-             SELECT o.id FROM event_outbox o
-             WHERE o.published_at IS NULL AND o.dead_lettered_at IS NULL
-               AND (o.next_attempt_at IS NULL OR o.next_attempt_at <= now())
-               AND NOT EXISTS (SELECT 1 FROM blocked b
-                   WHERE b.topic = o.topic AND b.event_key = o.event_key AND b.first_id < o.id)
-             ORDER BY o.id LIMIT 500",
+            format!("EXPLAIN {claim}"),
         ))
         .await
         .unwrap()
@@ -246,12 +242,8 @@ async fn the_claim_reads_the_pending_index_on_a_large_backlog() {
         .collect::<Vec<_>>()
         .join("\n");
     assert!(
-        lines.contains("event_outbox_pending_idx"),
-        "the claim should scan the pending index:\n{lines}"
-    );
-    assert!(
-        lines.contains("event_outbox_retry_idx"),
-        "rows backing off come from the retry index:\n{lines}"
+        lines.contains("event_outbox_claim_idx"),
+        "the claim should scan the claim index:\n{lines}"
     );
 }
 
@@ -263,7 +255,7 @@ async fn a_standby_takes_over_when_the_leaders_session_dies() {
     outbox_writer(&conn).await;
     assert!(active.acquire_leadership().await.unwrap());
     assert!(!standby.acquire_leadership().await.unwrap());
-    assert_eq!(active.claim_batch(10, None).await.unwrap().len(), 1);
+    assert_eq!(settled_claim(&active, 10, None).await.events.len(), 1);
 
     // Kill the leader's session from outside, as a network failure or a DBA would.
     let killed = conn
@@ -297,7 +289,7 @@ async fn a_standby_takes_over_when_the_leaders_session_dies() {
         !active.acquire_leadership().await.unwrap(),
         "the old leader is a standby now"
     );
-    assert_eq!(standby.claim_batch(10, None).await.unwrap().len(), 1);
+    assert_eq!(settled_claim(&standby, 10, None).await.events.len(), 1);
 }
 
 async fn outbox_writer(conn: &DatabaseConnection) {
@@ -339,11 +331,26 @@ fn a_non_postgres_connection_is_refused() {
     ));
 }
 
-async fn claim_ids(store: &PostgresOutbox, limit: usize, after: Option<i64>) -> Vec<i64> {
-    store
-        .claim_batch(limit, after)
+/// Claims once no committed event waits behind the commit horizon: other tests' transactions on
+/// the same server hold it for moments.
+async fn settled_claim(
+    store: &PostgresOutbox,
+    limit: usize,
+    after: Option<ClaimCursor>,
+) -> ClaimedBatch {
+    for _ in 0..500 {
+        if store.stats().await.unwrap().horizon_wait.is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    store.claim_batch(limit, after).await.unwrap()
+}
+
+async fn claim_ids(store: &PostgresOutbox, limit: usize, after: Option<ClaimCursor>) -> Vec<i64> {
+    settled_claim(store, limit, after)
         .await
-        .unwrap()
+        .events
         .iter()
         .map(|e| e.id)
         .collect()
@@ -360,9 +367,16 @@ async fn id_of(conn: &DatabaseConnection, event_id: outbox_core::EventId) -> i64
 }
 
 #[tokio::test]
-async fn an_event_committed_late_below_the_cursor_is_left_to_the_full_claim() {
+async fn an_event_committed_late_holds_back_the_transactions_that_began_after_it() {
     let (_db, conn) = migrated().await;
     let writer = PostgresOutbox::new(conn.clone()).unwrap();
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
+    assert!(store.acquire_leadership().await.unwrap());
+    writer.add_event(&conn, event("before")).await.unwrap();
+    let before = settled_claim(&store, 10, None).await;
+    assert_eq!(before.events.len(), 1);
+    store.acknowledge(&[before.events[0].id]).await.unwrap();
+
     let late_txn = conn.begin().await.unwrap();
     let late = writer.add_event(&late_txn, event("late")).await.unwrap();
     for n in 0..4 {
@@ -371,23 +385,26 @@ async fn an_event_committed_late_below_the_cursor_is_left_to_the_full_claim() {
             .await
             .unwrap();
     }
-    let store = PostgresOutbox::new(conn.clone()).unwrap();
-    assert!(store.acquire_leadership().await.unwrap());
+    let held = store.claim_batch(10, before.cursor).await.unwrap();
+    assert_eq!(
+        held.events,
+        [],
+        "everything after the open transaction waits"
+    );
+    assert_eq!(held.cursor, None);
+    let stats = store.stats().await.unwrap();
+    let wait = stats.horizon_wait.expect("events wait behind the horizon");
+    assert!(wait < Duration::from_secs(60));
+    let holder = stats.horizon_holder.expect("the holder is named");
+    assert!(holder.pid.is_some() && holder.age.is_some(), "{holder:?}");
 
-    let first = claim_ids(&store, 2, None).await;
-    store.acknowledge(&first).await.unwrap();
     late_txn.commit().await.unwrap();
     let late_id = id_of(&conn, late).await;
-    assert!(late_id < first[0], "the late event took the lowest id");
-
-    let above = claim_ids(&store, 2, Some(first[1])).await;
-    assert!(!above.contains(&late_id));
-    assert!(above.iter().all(|id| *id > first[1]));
-    assert_eq!(
-        claim_ids(&store, 1, None).await,
-        [late_id],
-        "the full claim finds it"
-    );
+    let batch = settled_claim(&store, 10, before.cursor).await;
+    let keys: Vec<&str> = batch.events.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(keys, ["late", "k0", "k1", "k2", "k3"]);
+    assert_eq!(batch.events[0].id, late_id);
+    assert!(batch.cursor > before.cursor);
 }
 
 #[tokio::test]
@@ -401,34 +418,113 @@ async fn while_an_event_backs_off_no_event_of_its_key_is_skipped() {
     }
     let store = PostgresOutbox::new(conn.clone()).unwrap();
     assert!(store.acquire_leadership().await.unwrap());
-    assert_eq!(claim_ids(&store, 2, None).await, ids[..2]);
-    // a's first event fails; a's second waits behind it (not acknowledged, not failed).
+    let first = settled_claim(&store, 2, None).await;
+    assert_eq!(
+        first.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids[..2]
+    );
+    // a's first event fails; a's second waits behind it.
+    let failure = |id, outcome| outbox_core::AttemptFailure {
+        id,
+        event_id: outbox_core::EventId::new(),
+        topic: "orders".into(),
+        error: "refused".into(),
+        outcome,
+    };
     store
-        .record_failures(&[outbox_core::AttemptFailure {
-            id: ids[0],
-            event_id: outbox_core::EventId::new(),
-            topic: "orders".into(),
-            error: "refused".into(),
-            outcome: outbox_core::FailureOutcome::RetryAt(
-                chrono::Utc::now() + chrono::Duration::milliseconds(300),
+        .record_failures(&[
+            failure(
+                ids[0],
+                FailureOutcome::RetryAfter(Duration::from_millis(300)),
             ),
-        }])
+            failure(ids[1], FailureOutcome::Held),
+        ])
         .await
         .unwrap();
-    let b = claim_ids(&store, 2, None).await;
-    assert_eq!(b, ids[2..4], "b flows while a backs off");
-    store.acknowledge(&b).await.unwrap();
-    assert!(
-        claim_ids(&store, 2, Some(ids[3])).await.is_empty(),
-        "above a cursor, nothing while an event backs off"
+    let b = settled_claim(&store, 10, first.cursor).await;
+    assert_eq!(
+        b.events.iter().map(|e| e.id).collect::<Vec<_>>(),
+        ids[2..4],
+        "b flows while a backs off; a's third event is parked behind it"
     );
-    assert!(claim_ids(&store, 10, None).await.is_empty(), "a waits");
+    assert_eq!(b.cursor.map(|c| c.id), Some(ids[4]));
+    store.acknowledge(&ids[2..4]).await.unwrap();
+    assert!(claim_ids(&store, 10, b.cursor).await.is_empty(), "a waits");
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(
-        claim_ids(&store, 10, None).await,
+        claim_ids(&store, 10, b.cursor).await,
         [ids[0], ids[1], ids[4]],
         "a in order"
     );
+}
+
+#[tokio::test]
+async fn retry_times_are_counted_on_the_database_clock() {
+    let (_db, conn) = migrated().await;
+    let writer = PostgresOutbox::new(conn.clone()).unwrap();
+    let event_id = writer.add_event(&conn, event("a")).await.unwrap();
+    let id = id_of(&conn, event_id).await;
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
+    assert!(store.acquire_leadership().await.unwrap());
+    store
+        .record_failures(&[outbox_core::AttemptFailure {
+            id,
+            event_id,
+            topic: "orders".into(),
+            error: "refused".into(),
+            outcome: FailureOutcome::RetryAfter(Duration::from_secs(600)),
+        }])
+        .await
+        .unwrap();
+    let row = conn
+        .query_one(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT EXTRACT(EPOCH FROM next_attempt_at - now())::float8 AS wait FROM event_outbox",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    let wait: f64 = row.try_get("", "wait").unwrap();
+    assert!(
+        (590.0..=600.0).contains(&wait),
+        "{wait} s from the database's now()"
+    );
+}
+
+#[tokio::test]
+async fn add_events_writes_more_events_than_one_statement_can_carry() {
+    let (_db, conn) = migrated().await;
+    let outbox = PostgresOutbox::new(conn.clone()).unwrap();
+    let events: Vec<NewOutboxEvent> = (0..20_000).map(|n| event(&format!("k{n}"))).collect();
+    let txn = conn.begin().await.unwrap();
+    let ids = outbox.add_events(&txn, events).await.unwrap();
+    txn.commit().await.unwrap();
+    assert_eq!(ids.len(), 20_000);
+    assert_eq!(count(&conn).await, 20_000);
+    let last = id_of(&conn, ids[19_999]).await;
+    let first = id_of(&conn, ids[0]).await;
+    assert_eq!(last - first, 19_999, "ids in the order given");
+}
+
+#[tokio::test]
+async fn the_relay_session_has_keepalives_and_timeouts() {
+    let (_db, conn) = migrated().await;
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
+    assert!(store.acquire_leadership().await.unwrap());
+    let settings = store.session_settings().await.unwrap();
+    let get = |name: &str| {
+        settings
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_else(|| panic!("{name} in {settings:?}"))
+    };
+    assert_eq!(get("tcp_keepalives_idle"), "5");
+    assert_eq!(get("tcp_keepalives_interval"), "5");
+    assert_eq!(get("tcp_keepalives_count"), "3");
+    assert_eq!(get("tcp_user_timeout"), "20000");
+    assert_eq!(get("statement_timeout"), "30000");
+    assert_eq!(get("application_name"), "outbox-relay");
 }
 
 #[tokio::test]
@@ -443,6 +539,7 @@ async fn acknowledging_more_ids_than_one_statement_carries_deletes_them_all() {
     let store = PostgresOutbox::new(conn.clone()).unwrap().with_lock_key(7);
     assert!(store.acquire_leadership().await.unwrap());
     let batch = claim_ids(&store, 2500, None).await;
+    assert_eq!(batch.len(), 2500);
     assert_eq!(store.acknowledge(&batch).await.unwrap(), 2500);
     assert_eq!(count(&conn).await, 0);
 }

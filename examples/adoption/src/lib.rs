@@ -28,6 +28,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(CreateInvoices),
             Box::new(outbox_seaorm::CreateEventOutbox),
+            Box::new(outbox_seaorm::AddCommitHorizon),
         ]
     }
 }

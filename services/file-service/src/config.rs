@@ -186,8 +186,8 @@ fn relay_settings(env: &dyn Env) -> Result<RelaySettings, ConfigError> {
             RelaySettings::with_stats_interval,
         ),
         (
-            "OUTBOX_FULL_SCAN_INTERVAL_MS",
-            RelaySettings::with_full_scan_interval,
+            "OUTBOX_HORIZON_WARN_AFTER_MS",
+            RelaySettings::with_horizon_warn_after,
         ),
         (
             "OUTBOX_CLEANUP_INTERVAL_MS",

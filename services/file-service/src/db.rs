@@ -178,6 +178,7 @@ impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
         vec![
             Box::new(outbox_seaorm::CreateEventOutbox),
+            Box::new(outbox_seaorm::AddCommitHorizon),
             Box::new(CreateFileServiceTables),
         ]
     }

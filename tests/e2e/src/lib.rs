@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use outbox_core::{
-    AttemptFailure, EventId, NewOutboxEvent, OutboxError, OutboxEvent, OutboxStats, OutboxWriter,
-    RelaySettings, RelayStore,
+    AttemptFailure, ClaimCursor, ClaimedBatch, EventId, NewOutboxEvent, OutboxError, OutboxStats,
+    OutboxWriter, RelaySettings, RelayStore,
 };
 use outbox_seaorm::{OutboxMigrator, PostgresOutbox};
 use outbox_test_harness::{Received, TestDatabase};
@@ -257,8 +257,8 @@ impl RelayStore for CountingStore {
     async fn claim_batch(
         &self,
         limit: usize,
-        after: Option<i64>,
-    ) -> Result<Vec<OutboxEvent>, OutboxError> {
+        after: Option<ClaimCursor>,
+    ) -> Result<ClaimedBatch, OutboxError> {
         self.count();
         self.inner.claim_batch(limit, after).await
     }
