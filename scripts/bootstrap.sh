@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages this project needs on a fresh Debian machine, skipping what is there:
 # PostgreSQL 15 (the server the tests and the service use), Java 17 and Maven (to fetch and run the
-# Apache Kafka broker), what rdkafka's bundled librdkafka builds with, and promtool.
+# Apache Kafka broker), what rdkafka's bundled librdkafka builds with, promtool, and PgBouncer
+# (for a test).
 set -euo pipefail
 
 need=()
@@ -16,6 +17,8 @@ command -v pkg-config >/dev/null || need+=(pkg-config)
 have_pkg libssl-dev || need+=(libssl-dev)
 have_pkg zlib1g-dev || need+=(zlib1g-dev)
 command -v curl >/dev/null || need+=(curl)
+# A connection pooler in transaction mode: the test that the relay refuses to lead behind one.
+command -v pgbouncer >/dev/null || [ -x /usr/sbin/pgbouncer ] || need+=(pgbouncer)
 # promtool checks the alert rules in ops/prometheus (Debian ships it in the prometheus package).
 command -v promtool >/dev/null || need+=(prometheus)
 

@@ -550,22 +550,58 @@ impl OutboxWriter<DatabaseConnection> for PostgresOutbox {
     }
 }
 
-/// Takes the lock on a fresh or standing session: `Ok(Some(pid))` with the lock, `Ok(None)`
-/// while another session holds it.
-fn try_lock(session: &mut Session, key: Option<i64>) -> SessionFuture<'_, Option<i32>> {
+/// Runs `sql` (no parameters) with the simple query protocol: one message, one round trip, so
+/// even a pooler in transaction mode sends it to a single backend.
+fn simple(conn: &mut PgConnection, sql: String) -> SessionFuture<'_, PgRow> {
     Box::pin(async move {
-        let query = match key {
-            Some(key) => sqlx::query_as::<_, (bool, i32)>(
-                "SELECT pg_try_advisory_lock($1), pg_backend_pid()",
-            )
-            .bind(key),
-            None => sqlx::query_as::<_, (bool, i32)>(
-                "SELECT pg_try_advisory_lock(hashtextextended('outbox-relay:' || current_schema(), 0)), \
-             pg_backend_pid()",
-            ),
-        };
-        let (locked, pid) = query.persistent(false).fetch_one(&mut session.conn).await?;
-        Ok(locked.then_some(pid))
+        use sqlx::Executor;
+        conn.fetch_one(sql.as_str()).await
+    })
+}
+
+/// The SQL expression of the lock's key.
+fn lock_key_sql(key: Option<i64>) -> String {
+    match key {
+        Some(key) => key.to_string(),
+        None => "hashtextextended('outbox-relay:' || current_schema(), 0)".to_owned(),
+    }
+}
+
+/// Takes the lock on a fresh or standing session: `Ok(Some(pid))` with the lock, `Ok(None)`
+/// while another session holds it, `Err` with [`POOLER_DETECTED`] when consecutive statements
+/// reach different backends (checked before locking, so nothing is left locked).
+async fn try_lock(session: &mut Session, key: Option<i64>) -> Result<Option<i32>, OutboxError> {
+    let pid_sql = || "SELECT pg_backend_pid()".to_owned();
+    let first: i32 = simple(&mut session.conn, pid_sql())
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(sqlx_error)?;
+    let second: i32 = simple(&mut session.conn, pid_sql())
+        .await
+        .and_then(|row| row.try_get(0))
+        .map_err(sqlx_error)?;
+    if first != second {
+        return Err(OutboxError::Config(POOLER_DETECTED.into()));
+    }
+    let sql = format!(
+        "SELECT pg_try_advisory_lock({}), pg_backend_pid()",
+        lock_key_sql(key)
+    );
+    let row = simple(&mut session.conn, sql).await.map_err(sqlx_error)?;
+    let locked: bool = row.try_get(0).map_err(sqlx_error)?;
+    let pid: i32 = row.try_get(1).map_err(sqlx_error)?;
+    Ok(locked.then_some(pid))
+}
+
+/// Whether the session's next statement still reaches backend `pid`, and that backend holds an
+/// advisory lock: behind a pooler in transaction mode, it may not.
+fn same_backend(session: &mut Session, pid: i32) -> SessionFuture<'_, bool> {
+    Box::pin(async move {
+        let sql = format!(
+            "SELECT pg_backend_pid() = {pid} AND EXISTS (SELECT 1 FROM pg_locks \
+             WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted)"
+        );
+        simple(&mut session.conn, sql).await?.try_get(0)
     })
 }
 
@@ -576,23 +612,9 @@ type SessionFuture<'a, T> =
 /// Prepares a new leadership session (see [`SESSION_SETUP`]).
 fn set_up(conn: &mut PgConnection) -> SessionFuture<'_, ()> {
     Box::pin(async move {
-        sqlx::query(SESSION_SETUP).execute(conn).await?;
+        simple(conn, SESSION_SETUP.to_owned()).await?;
         Ok(())
     })
-}
-
-/// Whether the session's next statement still reaches backend `pid`, and that backend holds an
-/// advisory lock: behind a pooler in transaction mode, it may not.
-fn same_backend(session: &mut Session, pid: i32) -> SessionFuture<'_, bool> {
-    Box::pin(
-        sqlx::query_scalar::<_, bool>(
-            "SELECT pg_backend_pid() = $1 AND EXISTS (SELECT 1 FROM pg_locks \
-         WHERE locktype = 'advisory' AND pid = pg_backend_pid() AND granted)",
-        )
-        .bind(pid)
-        .persistent(false)
-        .fetch_one(&mut session.conn),
-    )
 }
 
 fn parse_cursor(row: &PgRow) -> Result<ClaimCursor, sqlx::Error> {
@@ -658,7 +680,10 @@ impl RelayStore for PostgresOutbox {
             Ok(locked) => locked,
             Err(error) => {
                 *guard = None;
-                return Err(sqlx_error(error));
+                if matches!(error, OutboxError::Config(_)) {
+                    error!("{POOLER_DETECTED}");
+                }
+                return Err(error);
             }
         };
         let Some(pid) = locked else {
@@ -673,8 +698,18 @@ impl RelayStore for PostgresOutbox {
                 Ok(true)
             }
             Ok(false) => {
-                // Whatever backend took the lock keeps it until its session ends: dropping this
-                // connection is all a relay behind a pooler can do.
+                // The backend that took the lock keeps it until it is unlocked there or its
+                // session ends: try a few times to reach it again, then give the connection up.
+                let unlock = format!("SELECT pg_advisory_unlock({})", lock_key_sql(self.lock_key));
+                for _ in 0..8 {
+                    if simple(&mut session.conn, unlock.clone())
+                        .await
+                        .and_then(|row| row.try_get::<bool, _>(0))
+                        .unwrap_or(false)
+                    {
+                        break;
+                    }
+                }
                 *guard = None;
                 error!("{POOLER_DETECTED}");
                 Err(OutboxError::Config(POOLER_DETECTED.into()))
