@@ -262,9 +262,13 @@ async fn check_connection_answers_once_brokers_do() {
 #[tokio::test]
 async fn batches_stay_under_a_topic_limit_and_only_an_event_too_large_for_it_is_refused() {
     let bootstrap = outbox_test_harness::kafka_bootstrap_servers().await;
-    let topic =
-        TestTopic::create_with(&bootstrap, "small_limit", 2, &[("max.message.bytes", "20000")])
-            .await;
+    let topic = TestTopic::create_with(
+        &bootstrap,
+        "small_limit",
+        2,
+        &[("max.message.bytes", "20000")],
+    )
+    .await;
     let publisher = publisher(&bootstrap);
     let events: Vec<OutboxEvent> = (0..100)
         .map(|n| {
