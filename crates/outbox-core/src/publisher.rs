@@ -22,7 +22,8 @@ pub trait EventPublisher: Send + Sync {
     /// Gets ready to [`check`](Self::check) and [`publish`](Self::publish) `events`, for example
     /// by learning the limits of their topics. The relay calls it once per batch, before
     /// checking any of its events. It cannot fail: a publisher that cannot get ready falls back
-    /// to what it knows (its own defaults) and [`check`](Self::check) decides with that.
+    /// to what it knows (its own defaults) and [`check`](Self::check) decides with that. A
+    /// publisher that wraps another should forward it.
     async fn prepare(&self, events: &[OutboxEvent]) {
         let _ = events;
     }

@@ -140,15 +140,20 @@ impl KafkaConfig {
     /// - `message.timeout.ms` other than `0` breaks per-key order: an event that timed out while
     ///   the broker was away is retried behind later events of its key.
     ///
-    /// Any other property behaves as with [`with_property`](Self::with_property).
+    /// Any other property behaves as with [`with_property`](Self::with_property). librdkafka adds
+    /// its own rule: while `enable.idempotence` is `true` it insists on `acks=all` and at most 5
+    /// requests in flight, so weakening those needs idempotence overridden as well.
     ///
     /// ```
     /// use outbox_kafka::KafkaConfig;
     ///
-    /// // Throughput over durability, knowingly: an acknowledged event can be lost on failover.
-    /// let config = KafkaConfig::new("127.0.0.1:9092").with_unsafe_override("acks", "1");
+    /// // Knowingly: an event that cannot be sent for five minutes is retried by the relay,
+    /// // behind later events of its key.
+    /// let config = KafkaConfig::new("127.0.0.1:9092")
+    ///     .with_unsafe_override("message.timeout.ms", "300000");
     /// assert!(config.validate().is_ok());
-    /// assert!(KafkaConfig::new("127.0.0.1:9092").with_property("acks", "1").validate().is_err());
+    /// let silent = KafkaConfig::new("127.0.0.1:9092").with_property("message.timeout.ms", "300000");
+    /// assert!(silent.validate().is_err());
     /// ```
     pub fn with_unsafe_override(
         mut self,

@@ -575,7 +575,120 @@ impl EventPublisher for KafkaPublisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use chrono::Utc;
     use outbox_core::ErrorClass;
+
+    fn event(topic: &str, payload_bytes: usize) -> OutboxEvent {
+        OutboxEvent {
+            id: 1,
+            event_id: EventId::new(),
+            aggregate_type: "order".into(),
+            aggregate_id: "o-1".into(),
+            event_type: "OrderPlaced".into(),
+            topic: topic.into(),
+            key: "o-1".into(),
+            payload: vec![b'x'; payload_bytes],
+            headers: vec![("x-tenant".into(), "essays".into())],
+            created_at: Utc::now(),
+            attempts: 0,
+            defect: None,
+        }
+    }
+
+    /// A publisher whose producers never connect (nothing listens on port 1).
+    fn offline(config: KafkaConfig) -> KafkaPublisher {
+        KafkaPublisher::new(config.with_property("log_level", "0")).unwrap()
+    }
+
+    #[test]
+    fn an_event_is_checked_against_its_topics_limit_once_known() {
+        let publisher = offline(KafkaConfig::new("127.0.0.1:1"));
+        let medium = event("small", 5_000);
+        assert!(publisher.check(&medium).is_ok(), "unknown limit: defaults");
+        publisher.limits.record("small", 2_000, Instant::now());
+        let error = publisher.check(&medium).unwrap_err();
+        assert_eq!(error.class, ErrorClass::Permanent);
+        assert!(
+            error
+                .message
+                .contains("topic small's limit, max.message.bytes=2000"),
+            "{error}"
+        );
+        assert!(publisher.check(&event("small", 4)).is_ok());
+        assert!(publisher.check(&event("other", 5_000)).is_ok());
+    }
+
+    #[test]
+    fn the_size_bound_covers_headers_and_a_compression_margin() {
+        let plain = offline(KafkaConfig::new("127.0.0.1:1"));
+        let compressed =
+            offline(KafkaConfig::new("127.0.0.1:1").with_property("compression.type", "lz4"));
+        let e = event("t", 10_000);
+        let headers: usize = KafkaPublisher::header_pairs(&e)
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        assert!(plain.batch_bound(&e) >= e.payload.len() + e.key.len() + headers + 61);
+        assert!(compressed.batch_bound(&e) > plain.batch_bound(&e) + 10_000 / 64);
+    }
+
+    #[test]
+    fn a_topic_with_a_small_limit_gets_a_producer_of_its_size_class() {
+        let publisher = offline(KafkaConfig::new("127.0.0.1:1"));
+        publisher.limits.record("small", 20_000, Instant::now());
+        publisher.limits.record("roomy", 1_048_588, Instant::now());
+        let handle = |p: Inner| p.client().native_ptr() as usize;
+        let default = handle(publisher.producer());
+        let small = handle(publisher.producer_for("small"));
+        assert_ne!(small, default);
+        assert_eq!(handle(publisher.producer_for("small")), small);
+        assert_eq!(handle(publisher.producer_for("roomy")), default);
+        assert_eq!(handle(publisher.producer_for("unknown")), default);
+        let classes: Vec<usize> = publisher.classes().keys().copied().collect();
+        assert_eq!(classes, [16_384], "one class producer, shared");
+        assert_eq!(publisher.all_producers().len(), 2);
+    }
+
+    #[test]
+    fn a_broker_size_refusal_of_an_event_that_fits_is_transient_once() {
+        let publisher = offline(KafkaConfig::new("127.0.0.1:1"));
+        let refusal = KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge);
+        publisher.limits.record("t", 20_000, Instant::now());
+        let fits = event("t", 1_000);
+        let first = publisher.refused_by_broker(&fits, &refusal);
+        assert_eq!(first.class, ErrorClass::Transient, "{first}");
+        assert_eq!(
+            publisher.limits.due(["t"], Instant::now()),
+            ["t"],
+            "the limit is read again before the next batch"
+        );
+        let again = publisher.refused_by_broker(&fits, &refusal);
+        assert_eq!(again.class, ErrorClass::Permanent, "{again}");
+
+        let unknown = event("never-read", 1_000);
+        let error = publisher.refused_by_broker(&unknown, &refusal);
+        assert_eq!(error.class, ErrorClass::Permanent);
+        let too_big = event("t", 30_000);
+        let error = publisher.refused_by_broker(&too_big, &refusal);
+        assert_eq!(error.class, ErrorClass::Permanent);
+    }
+
+    #[test]
+    fn a_guarded_property_is_refused_when_the_publisher_is_made() {
+        let error = KafkaPublisher::new(KafkaConfig::new("127.0.0.1:1").with_property("acks", "1"))
+            .unwrap_err();
+        assert!(matches!(error, Error::Config(_)));
+        assert!(error.to_string().contains("acks=1"), "{error}");
+        offline(
+            KafkaConfig::new("127.0.0.1:1").with_unsafe_override("message.timeout.ms", "60000"),
+        );
+        // librdkafka itself insists on acks=all while idempotence is on.
+        offline(
+            KafkaConfig::new("127.0.0.1:1")
+                .with_unsafe_override("enable.idempotence", "false")
+                .with_unsafe_override("acks", "1"),
+        );
+    }
 
     #[test]
     fn message_level_errors_are_permanent_and_broker_trouble_transient() {
