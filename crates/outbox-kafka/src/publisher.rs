@@ -311,10 +311,7 @@ impl KafkaPublisher {
     /// How many bytes a record batch holding only `event` takes, at most (with a margin for a
     /// compression codec that cannot shrink the event).
     fn batch_bound(&self, event: &OutboxEvent) -> usize {
-        let headers: usize = Self::header_pairs(event)
-            .iter()
-            .map(|(k, v)| k.len() + v.len() + HEADER_FRAMING_BYTES)
-            .sum();
+        let headers = Self::header_bytes(event);
         let record = FRAMING_BYTES + event.key.len() + event.payload.len() + headers;
         if self.compressed {
             record + record / 64 + 64
@@ -382,6 +379,32 @@ impl KafkaPublisher {
             pairs.push((name.as_str(), value.as_str().into()));
         }
         pairs
+    }
+
+    /// The bytes [`header_pairs`](Self::header_pairs) take on the wire at most, without
+    /// building them (it runs for every event).
+    fn header_bytes(event: &OutboxEvent) -> usize {
+        // A UUID in its hyphenated text form.
+        const EVENT_ID_TEXT: usize = 36;
+        let mut count = 4 + event.headers.len();
+        let mut bytes = "event_id".len()
+            + EVENT_ID_TEXT
+            + "event_type".len()
+            + event.event_type.len()
+            + "aggregate_type".len()
+            + event.aggregate_type.len()
+            + "aggregate_id".len()
+            + event.aggregate_id.len();
+        if !event.headers.iter().any(|(k, _)| k == CONTENT_TYPE_HEADER) {
+            count += 1;
+            bytes += CONTENT_TYPE_HEADER.len() + "application/octet-stream".len();
+        }
+        bytes += event
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+        bytes + count * HEADER_FRAMING_BYTES
     }
 
     fn headers(event: &OutboxEvent) -> OwnedHeaders {
@@ -623,12 +646,19 @@ mod tests {
         let plain = offline(KafkaConfig::new("127.0.0.1:1"));
         let compressed =
             offline(KafkaConfig::new("127.0.0.1:1").with_property("compression.type", "lz4"));
-        let e = event("t", 10_000);
-        let headers: usize = KafkaPublisher::header_pairs(&e)
-            .iter()
-            .map(|(k, v)| k.len() + v.len())
-            .sum();
-        assert!(plain.batch_bound(&e) >= e.payload.len() + e.key.len() + headers + 61);
+        let mut e = event("t", 10_000);
+        for content_type in [false, true] {
+            if content_type {
+                e.headers.push(("content-type".into(), "text/plain".into()));
+            }
+            let pairs = KafkaPublisher::header_pairs(&e);
+            let headers: usize = pairs.iter().map(|(k, v)| k.len() + v.len()).sum();
+            assert_eq!(
+                KafkaPublisher::header_bytes(&e),
+                headers + pairs.len() * HEADER_FRAMING_BYTES
+            );
+            assert!(plain.batch_bound(&e) >= e.payload.len() + e.key.len() + headers + 61);
+        }
         assert!(compressed.batch_bound(&e) > plain.batch_bound(&e) + 10_000 / 64);
     }
 
