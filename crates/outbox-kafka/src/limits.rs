@@ -137,12 +137,16 @@ impl TopicLimits {
     }
 
     /// Records a failed read of `topic`'s limit at `now`: a topic never read stays unknown; one
-    /// read before keeps its last limit. Either is tried again after `retry_after`.
-    pub(crate) fn record_failure(&self, topic: &str, now: Instant) {
+    /// read before keeps its last limit. Either is tried again after `retry_after`. Returns
+    /// whether this is the first failure since the last successful read (or ever).
+    pub(crate) fn record_failure(&self, topic: &str, now: Instant) -> bool {
         let mut entries = self.entries();
         if entries.len() >= MAX_TOPICS && !entries.contains_key(topic) {
             entries.clear();
         }
+        let first = entries
+            .get(topic)
+            .is_none_or(|entry| entry.read_at.is_some_and(|read| read >= entry.tried_at));
         let entry = entries.entry(topic.to_owned()).or_insert(Entry {
             max_message_bytes: None,
             read_at: None,
@@ -151,6 +155,7 @@ impl TopicLimits {
         });
         entry.tried_at = now;
         entry.stale = false;
+        first
     }
 
     /// The broker refused a batch of `topic` as too large: its limit is read again before the
@@ -224,7 +229,10 @@ mod tests {
         let limits = limits();
         let t0 = Instant::now();
         limits.record("orders", 20_000, t0);
-        limits.record_failure("orders", t0 + 5 * MINUTE);
+        assert!(
+            limits.record_failure("orders", t0 + 5 * MINUTE),
+            "first since the read"
+        );
         assert_eq!(limits.max_message_bytes("orders"), Some(20_000));
         assert!(limits.due(["orders"], t0 + 5 * MINUTE).is_empty());
         assert_eq!(

@@ -255,24 +255,20 @@ impl KafkaPublisher {
         let results = match read {
             Ok(Ok(results)) => results,
             Ok(Err(e)) => {
-                warn!(error = %e, ?topics, "cannot read topic limits; sending with the producer's defaults");
-                topics
-                    .iter()
-                    .for_each(|t| self.limits.record_failure(t, now));
+                for topic in topics {
+                    self.read_failed(topic, &e.to_string(), now);
+                }
                 return;
             }
             Err(_elapsed) => {
-                warn!(
-                    ?topics,
-                    "reading topic limits timed out; sending with the producer's defaults"
-                );
-                topics
-                    .iter()
-                    .for_each(|t| self.limits.record_failure(t, now));
+                for topic in topics {
+                    self.read_failed(topic, "timed out", now);
+                }
                 return;
             }
         };
         let mut answered: HashSet<&str> = HashSet::new();
+        let mut refusals: Vec<RDKafkaErrorCode> = Vec::new();
         for result in &results {
             match result {
                 Ok(resource) => {
@@ -288,23 +284,38 @@ impl KafkaPublisher {
                             debug!(topic = %topic, max_message_bytes = limit, "topic limit read");
                             self.limits.record(topic, limit, now);
                         }
-                        None => {
-                            warn!(topic = %topic, "topic has no readable max.message.bytes; sending with the producer's defaults");
-                            self.limits.record_failure(topic, now);
-                        }
+                        None => self.read_failed(
+                            topic,
+                            "no max.message.bytes in its configuration",
+                            now,
+                        ),
                     }
                     answered.insert(topic.as_str());
                 }
-                Err(code) => {
-                    debug!(code = ?code, "a topic's limits could not be read");
-                }
+                Err(code) => refusals.push(*code),
             }
         }
         for topic in topics {
             if !answered.contains(topic.as_str()) {
-                warn!(topic = %topic, "cannot read the topic's limits (not created yet, or no DescribeConfigs permission?); sending with the producer's defaults");
-                self.limits.record_failure(topic, now);
+                let reason = format!(
+                    "refused ({refusals:?}): not created yet, or no DescribeConfigs permission?"
+                );
+                self.read_failed(topic, &reason, now);
             }
+        }
+    }
+
+    /// Notes a failed read of `topic`'s limits: a warning the first time in a row (a topic whose
+    /// limits can never be read would otherwise log every retry), then debug lines.
+    fn read_failed(&self, topic: &str, reason: &str, now: Instant) {
+        if self.limits.record_failure(topic, now) {
+            warn!(
+                topic,
+                reason,
+                "cannot read the topic's limits; sending it with the producer's defaults until they can be read"
+            );
+        } else {
+            debug!(topic, reason, "still cannot read the topic's limits");
         }
     }
 
