@@ -292,11 +292,20 @@ async fn batches_stay_under_a_topic_limit_and_only_an_event_too_large_for_it_is_
         error.message.contains(topic.name()) && error.message.contains("max.message.bytes=20000"),
         "{error}"
     );
-    let mut other = event("test_not_read_yet", "k", 1);
+    let mut other = event(
+        &outbox_test_harness::unique_name("test_no_such_topic"),
+        "k",
+        1,
+    );
     other.payload = vec![b'x'; 25_000];
     assert!(
         publisher.check(&other).is_ok(),
         "a topic whose limits were not read is checked against the producer's defaults"
+    );
+    publisher.prepare(std::slice::from_ref(&other)).await;
+    assert!(
+        publisher.check(&other).is_ok(),
+        "a topic whose limits cannot be read (it does not exist) is not cached as known"
     );
     let received = consume(&bootstrap, topic.name(), 100, Duration::from_secs(60)).await;
     assert_eq!(received.len(), 100);
