@@ -19,6 +19,15 @@ pub struct Delivery {
 /// every message first and await the acknowledgements together.
 #[async_trait]
 pub trait EventPublisher: Send + Sync {
+    /// Gets ready to [`check`](Self::check) and [`publish`](Self::publish) `events`, for example
+    /// by learning the limits of their topics. The relay calls it once per batch, before
+    /// checking any of its events. It cannot fail: a publisher that cannot get ready falls back
+    /// to what it knows (its own defaults) and [`check`](Self::check) decides with that. A
+    /// publisher that wraps another should forward it.
+    async fn prepare(&self, events: &[OutboxEvent]) {
+        let _ = events;
+    }
+
     /// Checks, without sending, whether `event` can be sent at all (for example that it is not
     /// larger than the broker accepts). The relay calls it before [`publish`](Self::publish) so
     /// that an event that can never be sent is failed without disturbing the others.

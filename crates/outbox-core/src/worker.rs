@@ -605,6 +605,7 @@ async fn shutdown(shared: &Shared, unwritten: Option<Outcome>) -> Result<(), Out
 
 /// Checks and sends one batch and sorts out what happened to each event.
 async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Outcome {
+    shared.publisher.prepare(batch).await;
     let mut outcome = Outcome::default();
     // Keys with a failed event in this batch: their later events wait for a later batch, so
     // per-key order holds.

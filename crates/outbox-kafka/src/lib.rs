@@ -3,10 +3,13 @@
 //! [`KafkaPublisher`] implements [`outbox_core::EventPublisher`]: it sends each relay batch in
 //! bulk with an idempotent producer (`acks=all`, the Java client's `murmur2_random` partitioner,
 //! `linger.ms=0` as the relay hands it whole batches), awaits the acknowledgements together,
-//! checks message sizes before sending so an oversized event is failed (and in the end
-//! dead-lettered) instead of retried forever, and classifies errors as transient or permanent.
-//! Any producer property passes through [`KafkaConfig::with_property`] (TLS and SASL for managed
-//! clusters).
+//! and classifies errors as transient or permanent. It learns each topic's `max.message.bytes`
+//! and keeps record batches under it, so an event that is itself too large for its topic is
+//! failed (and in the end dead-lettered) before sending, and no other event is charged for it
+//! (see [`KafkaPublisher`]). Any producer property passes through
+//! [`KafkaConfig::with_property`] (TLS and SASL for managed clusters), except that the ones the
+//! guarantees depend on ([`GUARDED_PROPERTIES`]) need [`KafkaConfig::with_unsafe_override`] to be
+//! weakened.
 //!
 //! # Example
 //!
@@ -28,9 +31,10 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod config;
+mod limits;
 mod publisher;
 
-pub use config::{DEFAULT_PROPERTIES, KafkaConfig};
+pub use config::{DEFAULT_PROPERTIES, GUARDED_PROPERTIES, GuardedProperty, KafkaConfig};
 pub use publisher::{KafkaPublisher, PublisherContext, classify};
 
 /// Errors of this crate.

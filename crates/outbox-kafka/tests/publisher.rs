@@ -258,3 +258,55 @@ async fn check_connection_answers_once_brokers_do() {
             .is_err()
     );
 }
+
+#[tokio::test]
+async fn batches_stay_under_a_topic_limit_and_only_an_event_too_large_for_it_is_refused() {
+    let bootstrap = outbox_test_harness::kafka_bootstrap_servers().await;
+    let topic = TestTopic::create_with(
+        &bootstrap,
+        "small_limit",
+        2,
+        &[("max.message.bytes", "20000")],
+    )
+    .await;
+    let publisher = publisher(&bootstrap);
+    let events: Vec<OutboxEvent> = (0..100)
+        .map(|n| {
+            let mut e = event(topic.name(), &format!("k{}", n % 10), n);
+            e.payload = vec![b'a' + (n % 26) as u8; 1000];
+            e
+        })
+        .collect();
+    publisher.prepare(&events).await;
+    for e in &events {
+        publisher.check(e).unwrap();
+    }
+    let results = publisher.publish(&events).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+
+    let mut big = event(topic.name(), "k0", 100);
+    big.payload = vec![b'x'; 25_000];
+    let error = publisher.check(&big).unwrap_err();
+    assert_eq!(error.class, ErrorClass::Permanent);
+    assert!(
+        error.message.contains(topic.name()) && error.message.contains("max.message.bytes=20000"),
+        "{error}"
+    );
+    let mut other = event(
+        &outbox_test_harness::unique_name("test_no_such_topic"),
+        "k",
+        1,
+    );
+    other.payload = vec![b'x'; 25_000];
+    assert!(
+        publisher.check(&other).is_ok(),
+        "a topic whose limits were not read is checked against the producer's defaults"
+    );
+    publisher.prepare(std::slice::from_ref(&other)).await;
+    assert!(
+        publisher.check(&other).is_ok(),
+        "a topic whose limits cannot be read (it does not exist) is not cached as known"
+    );
+    let received = consume(&bootstrap, topic.name(), 100, Duration::from_secs(60)).await;
+    assert_eq!(received.len(), 100);
+}
