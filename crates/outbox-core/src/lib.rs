@@ -79,4 +79,4 @@ pub use store::{
     AttemptFailure, ClaimCursor, ClaimedBatch, DeadLetter, DeadLetterFilter, DeadLetterStore,
     FailureOutcome, HorizonHolder, OutboxCleanup, OutboxStats, OutboxWriter, RelayStore,
 };
-pub use worker::{EventRelayWorker, OutboxRelay, RelayNotifier, RelayStatus};
+pub use worker::{EventRelayWorker, OutboxRelay, RelayNotifier, RelayStatus, RemoteWake};

@@ -168,6 +168,21 @@ pub trait RelayStore: Send + Sync {
 
     /// Counts pending and dead-lettered events and measures the oldest pending one.
     async fn stats(&self) -> Result<OutboxStats, OutboxError>;
+
+    /// Returns when a writer in another process asks the active relay to claim now (see
+    /// [`remote_wake`](Self::remote_wake)). The leader waits on it between polls, beside its
+    /// poll timer, which stays the fallback for wake-ups that are lost. It must be cancel-safe
+    /// and must not return in a loop when the wake-up channel is broken (wait and reconnect
+    /// instead). The default never returns: polling only.
+    async fn wait_for_wake_up(&self) {
+        std::future::pending::<()>().await;
+    }
+
+    /// How a writer's [`RelayNotifier`](crate::RelayNotifier) in this process wakes the active
+    /// relay in another process. `None` (the default): it cannot, and that relay polls.
+    fn remote_wake(&self) -> Option<std::sync::Arc<dyn crate::RemoteWake>> {
+        None
+    }
 }
 
 /// Selects dead letters by what they are; unset fields match everything.

@@ -18,10 +18,29 @@ use crate::{
     OutboxCleanup, OutboxError, OutboxEvent, OutboxStats, PublishError, RelaySettings, RelayStore,
 };
 
-/// Wakes the relay at once, so an event committed in this process is sent within milliseconds
-/// instead of at the next poll. Cheap to clone; waking costs no database work.
+/// Wakes the active relay, wherever it runs, from a writer in another process: stores provide
+/// one (for PostgreSQL, a `pg_notify` sent after the writer's commit, outside its transaction).
+pub trait RemoteWake: Send + Sync + std::fmt::Debug {
+    /// Asks the active relay to claim now. Returns at once: implementations send in the
+    /// background, coalescing a burst of calls into few messages.
+    fn wake(&self);
+}
+
+#[derive(Debug, Default)]
+struct NotifierInner {
+    local: Notify,
+    remote: std::sync::OnceLock<Arc<dyn RemoteWake>>,
+    /// This process's relay leads: the local wake-up reaches it, so no message is sent.
+    leader: std::sync::atomic::AtomicBool,
+}
+
+/// Wakes the relay at once after a commit, so the event is sent within milliseconds instead of
+/// at the next poll. In the process whose relay leads, that costs no database work; in any
+/// other process (another replica, or a writer without a relay) it also asks the store to wake
+/// the active relay remotely ([`RemoteWake`], coalesced, sent outside any transaction). Cheap to
+/// clone: every clone wakes the same relay.
 #[derive(Debug, Clone, Default)]
-pub struct RelayNotifier(Arc<Notify>);
+pub struct RelayNotifier(Arc<NotifierInner>);
 
 impl RelayNotifier {
     /// A notifier not yet connected to a worker (waking it does nothing useful until a worker
@@ -30,10 +49,37 @@ impl RelayNotifier {
         Self::default()
     }
 
+    /// A notifier that only wakes relays in other processes through `remote`: for writers in a
+    /// process that runs no relay of its own.
+    pub fn remote(remote: Arc<dyn RemoteWake>) -> Self {
+        let notifier = Self::default();
+        let _ = notifier.0.remote.set(remote);
+        notifier
+    }
+
     /// Wakes the relay. Call it after the transaction that added events has committed; calling
     /// it before the commit only makes the relay look too early.
     pub fn notify(&self) {
-        self.0.notify_one();
+        self.0.local.notify_one();
+        if !self.0.leader.load(Ordering::Relaxed)
+            && let Some(remote) = self.0.remote.get()
+        {
+            remote.wake();
+        }
+    }
+
+    fn connect(&self, remote: Option<Arc<dyn RemoteWake>>) {
+        if let Some(remote) = remote {
+            let _ = self.0.remote.set(remote);
+        }
+    }
+
+    fn set_leader(&self, leader: bool) {
+        self.0.leader.store(leader, Ordering::Relaxed);
+    }
+
+    async fn notified(&self) {
+        self.0.local.notified().await;
     }
 }
 
@@ -127,6 +173,7 @@ impl Shared {
     }
 
     fn set_leader(&self, leader: bool) {
+        self.wake.set_leader(leader);
         let mut status = self.status();
         if status.leader != leader {
             status.leader = leader;
@@ -153,13 +200,15 @@ impl EventRelayWorker {
         settings: RelaySettings,
     ) -> Result<Self, OutboxError> {
         settings.validate()?;
+        let wake = RelayNotifier::new();
+        wake.connect(store.remote_wake());
         Ok(Self {
             shared: Arc::new(Shared {
                 store,
                 publisher,
                 cleanup: None,
                 settings,
-                wake: RelayNotifier::new(),
+                wake,
                 status: Mutex::new(RelayStatus::default()),
                 unacknowledged: AtomicUsize::new(0),
             }),
@@ -179,6 +228,7 @@ impl EventRelayWorker {
     /// worker was built).
     pub fn with_notifier(mut self, notifier: RelayNotifier) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            notifier.connect(shared.store.remote_wake());
             shared.wake = notifier;
         }
         self
@@ -250,7 +300,7 @@ impl EventRelayWorker {
             return Ok(());
         };
         let _ = tasks.stop.send(true);
-        self.shared.wake.notify();
+        self.shared.wake.0.local.notify_one();
         let timeout = self.shared.settings.shutdown_timeout;
         let mut relay = tasks.relay;
         let result = match tokio::time::timeout(timeout, &mut relay).await {
@@ -301,7 +351,7 @@ impl Drop for EventRelayWorker {
     fn drop(&mut self) {
         if let Some(tasks) = self.tasks().take() {
             let _ = tasks.stop.send(true);
-            self.shared.wake.notify();
+            self.shared.wake.0.local.notify_one();
         }
     }
 }
@@ -548,13 +598,15 @@ async fn yield_leadership(shared: &Shared, stop: &mut watch::Receiver<bool>) {
     sleep_or_stop(shared.settings.leader_retry_interval * 2, stop).await;
 }
 
-/// Waits for a wake-up, a stop, or `idle` to pass.
+/// Waits for a wake-up (from this process, or through the store from another), a stop, or
+/// `idle` to pass.
 async fn wait_for_work(shared: &Shared, idle: Duration, stop: &mut watch::Receiver<bool>) {
     if *stop.borrow() {
         return;
     }
     tokio::select! {
-        _ = shared.wake.0.notified() => {}
+        _ = shared.wake.notified() => {}
+        _ = shared.store.wait_for_wake_up() => {}
         _ = tokio::time::sleep(idle) => {}
         _ = stop.changed() => {}
     }

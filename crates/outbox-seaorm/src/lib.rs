@@ -40,4 +40,4 @@ pub mod migration;
 mod repository;
 
 pub use migration::{AddCommitHorizon, CreateEventOutbox, OutboxMigrator};
-pub use repository::{CLAIM, PostgresOutbox};
+pub use repository::{CLAIM, PgWake, PostgresOutbox, WAKE_CHANNEL, WAKE_SQL};

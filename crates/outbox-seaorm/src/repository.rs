@@ -9,7 +9,7 @@ use outbox_core::metrics as m;
 use outbox_core::{
     AttemptFailure, ClaimCursor, ClaimedBatch, DeadLetter, DeadLetterFilter, DeadLetterStore,
     EventId, EventTypeMapper, FailureOutcome, HorizonHolder, NewOutboxEvent, OutboxCleanup,
-    OutboxError, OutboxEvent, OutboxStats, OutboxWriter, RelayStore, TopicMap,
+    OutboxError, OutboxEvent, OutboxStats, OutboxWriter, RelayStore, RemoteWake, TopicMap,
 };
 use sea_orm::sea_query::Expr;
 use sea_orm::sqlx::{self, PgConnection, Row, postgres::PgRow};
@@ -124,6 +124,79 @@ connection pooler in transaction or statement mode sits between the relay and Po
 session advisory locks cannot elect a single relay through it. Point the relay's database URL at \
 PostgreSQL directly (or at a pooler in session mode)";
 
+/// The channel writers notify after their commit, and the leader listens on.
+pub const WAKE_CHANNEL: &str = "outbox_wake";
+
+/// What a writer in another process runs after its commit to wake the relay (any language:
+/// one statement, outside the business transaction).
+pub const WAKE_SQL: &str = "SELECT pg_notify('outbox_wake', '')";
+
+/// Commits within this long of a notification share the next one.
+const WAKE_WINDOW: Duration = Duration::from_millis(1);
+
+/// Wakes the active relay from writers in this process when it runs elsewhere: `pg_notify` on
+/// the pool, in a transaction of its own (never inside the writer's, where a `NOTIFY` would take
+/// a database-wide lock at commit), sent in the background and coalesced: a burst of commits
+/// costs about one notification per millisecond per process.
+#[derive(Debug, Clone)]
+pub struct PgWake(Arc<WakeSender>);
+
+#[derive(Debug)]
+struct WakeSender {
+    pool: sqlx::PgPool,
+    /// A sender task runs.
+    running: std::sync::atomic::AtomicBool,
+    /// A commit happened since the sender's last notification.
+    dirty: std::sync::atomic::AtomicBool,
+}
+
+impl PgWake {
+    fn new(pool: sqlx::PgPool) -> Self {
+        Self(Arc::new(WakeSender {
+            pool,
+            running: Default::default(),
+            dirty: Default::default(),
+        }))
+    }
+}
+
+impl WakeSender {
+    async fn send_while_dirty(self: Arc<Self>) {
+        use std::sync::atomic::Ordering::SeqCst;
+        loop {
+            self.dirty.store(false, SeqCst);
+            if let Err(error) = sqlx::query(WAKE_SQL).execute(&self.pool).await {
+                debug!(error = %error, "outbox wake-up notification not sent; the relay polls");
+            }
+            tokio::time::sleep(WAKE_WINDOW).await;
+            if self.dirty.load(SeqCst) {
+                continue;
+            }
+            self.running.store(false, SeqCst);
+            // A wake between the check and the store saw a sender running and left: take it.
+            if !self.dirty.load(SeqCst) || self.running.swap(true, SeqCst) {
+                return;
+            }
+        }
+    }
+}
+
+impl RemoteWake for PgWake {
+    fn wake(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.0.dirty.store(true, SeqCst);
+        if self.0.running.swap(true, SeqCst) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(self.0.clone().send_while_dirty());
+            }
+            Err(_) => self.0.running.store(false, SeqCst),
+        }
+    }
+}
+
 /// The session that holds (or tries for) the relay leadership.
 struct Session {
     conn: PgConnection,
@@ -169,6 +242,9 @@ pub struct PostgresOutbox {
     retention: Option<Duration>,
     lock_key: Option<i64>,
     session: Mutex<Option<Session>>,
+    wake: PgWake,
+    /// The leader's `LISTEN` connection for wake-ups from other processes.
+    listener: Mutex<Option<sqlx::postgres::PgListener>>,
 }
 
 impl std::fmt::Debug for PostgresOutbox {
@@ -210,11 +286,13 @@ impl PostgresOutbox {
             ));
         }
         Ok(Self {
+            wake: PgWake::new(db.get_postgres_connection_pool().clone()),
             db,
             mapper: Arc::new(TopicMap::new()),
             retention: None,
             lock_key: None,
             session: Mutex::new(None),
+            listener: Mutex::new(None),
         })
     }
 
@@ -242,6 +320,15 @@ impl PostgresOutbox {
     /// The connection pool.
     pub fn connection(&self) -> &DatabaseConnection {
         &self.db
+    }
+
+    /// A notifier for writers in a process that runs no relay: after each commit, `notify()`
+    /// wakes the active relay wherever it runs (a coalesced `pg_notify` outside the
+    /// transaction). A process that runs a relay uses that relay's
+    /// [`notifier()`](outbox_core::EventRelayWorker::notifier) instead, which does the same when
+    /// another process leads.
+    pub fn wake_notifier(&self) -> outbox_core::RelayNotifier {
+        outbox_core::RelayNotifier::remote(Arc::new(self.wake.clone()))
     }
 
     /// The leadership session's connection settings (keepalives, timeouts), as the server sees
@@ -724,6 +811,7 @@ impl RelayStore for PostgresOutbox {
     async fn release_leadership(&self) -> Result<(), OutboxError> {
         // Unlock explicitly: the server ends a closed session asynchronously, and a standby
         // should not have to wait for that. Closing covers a session too broken to answer.
+        self.listener.lock().await.take();
         if let Some(mut session) = self.session.lock().await.take() {
             use sqlx::Connection;
             let was_leader = session.leader;
@@ -848,6 +936,43 @@ impl RelayStore for PostgresOutbox {
         .await
     }
 
+    async fn wait_for_wake_up(&self) {
+        let mut listener = self.listener.lock().await;
+        loop {
+            if listener.is_none() {
+                match listen(self.db.get_postgres_connection_pool()).await {
+                    Ok(connected) => *listener = Some(connected),
+                    Err(error) => {
+                        debug!(error = %error, "outbox relay cannot listen for wake-ups; it polls");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(connected) = listener.as_mut() else {
+                continue;
+            };
+            // Reconnects by itself when its connection drops (wake-ups sent meanwhile are lost:
+            // the poll timer covers them).
+            match connected.recv().await {
+                Ok(_) => {
+                    // One claim serves every wake-up that came in meanwhile.
+                    while connected.next_buffered().is_some() {}
+                    return;
+                }
+                Err(error) => {
+                    *listener = None;
+                    debug!(error = %error, "outbox relay lost its wake-up listener; it polls");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    fn remote_wake(&self) -> Option<Arc<dyn RemoteWake>> {
+        Some(Arc::new(self.wake.clone()))
+    }
+
     async fn stats(&self) -> Result<OutboxStats, OutboxError> {
         let pool = self.db.get_postgres_connection_pool();
         let row = sqlx::query(STATS)
@@ -871,6 +996,13 @@ impl RelayStore for PostgresOutbox {
             horizon_holder,
         })
     }
+}
+
+/// A connection listening on [`WAKE_CHANNEL`].
+async fn listen(pool: &sqlx::PgPool) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
+    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
+    listener.listen(WAKE_CHANNEL).await?;
+    Ok(listener)
 }
 
 /// The transaction holding the commit horizon, as far as this role may see it
