@@ -203,8 +203,8 @@ struct Session {
     leader: bool,
     /// The backend the lock was taken on.
     pid: i32,
-    /// When that was last confirmed.
-    checked_at: std::time::Instant,
+    /// When that was last confirmed (`None`: not yet).
+    checked_at: Option<std::time::Instant>,
 }
 
 /// The outbox on PostgreSQL, through SeaORM.
@@ -243,6 +243,8 @@ pub struct PostgresOutbox {
     lock_key: Option<i64>,
     session: Mutex<Option<Session>>,
     wake: PgWake,
+    backend_check_interval: Duration,
+    session_call_timeout: Duration,
     /// The leader's `LISTEN` connection for wake-ups from other processes.
     listener: Mutex<Option<sqlx::postgres::PgListener>>,
 }
@@ -292,6 +294,8 @@ impl PostgresOutbox {
             retention: None,
             lock_key: None,
             session: Mutex::new(None),
+            backend_check_interval: BACKEND_CHECK_INTERVAL,
+            session_call_timeout: SESSION_CALL_TIMEOUT,
             listener: Mutex::new(None),
         })
     }
@@ -314,6 +318,15 @@ impl PostgresOutbox {
     /// schema's name, so relays of different schemas in one database do not exclude each other.
     pub fn with_lock_key(mut self, key: i64) -> Self {
         self.lock_key = Some(key);
+        self
+    }
+
+    /// How often a leader confirms that its statements reach the backend holding the lock (5 s),
+    /// and how long it waits for any statement on its session (45 s). For tests.
+    #[doc(hidden)]
+    pub fn with_session_checks(mut self, check_interval: Duration, call_timeout: Duration) -> Self {
+        self.backend_check_interval = check_interval;
+        self.session_call_timeout = call_timeout;
         self
     }
 
@@ -403,11 +416,12 @@ impl PostgresOutbox {
         let Some(session) = guard.as_mut().filter(|s| s.leader) else {
             return Err(OutboxError::LeadershipLost);
         };
-        let result = match tokio::time::timeout(SESSION_CALL_TIMEOUT, f(session)).await {
+        let timeout = self.session_call_timeout;
+        let result = match tokio::time::timeout(timeout, f(session)).await {
             Ok(result) => result,
             Err(_) => Err(sqlx::Error::Io(std::io::Error::new(
                 std::io::ErrorKind::TimedOut,
-                format!("no answer within {SESSION_CALL_TIMEOUT:?}"),
+                format!("no answer within {timeout:?}"),
             ))),
         };
         result.map_err(|error| {
@@ -720,30 +734,6 @@ fn parse_cursor(row: &PgRow) -> Result<ClaimCursor, sqlx::Error> {
 impl RelayStore for PostgresOutbox {
     async fn acquire_leadership(&self) -> Result<bool, OutboxError> {
         let mut guard = self.session.lock().await;
-        if let Some(session) = guard.as_mut().filter(|s| s.leader) {
-            // Held: a dead session shows up as a failed claim, which closes it. Now and then,
-            // check that statements still reach the backend that holds the lock.
-            if session.checked_at.elapsed() < BACKEND_CHECK_INTERVAL {
-                return Ok(true);
-            }
-            let pid = session.pid;
-            match same_backend(session, pid).await {
-                Ok(true) => {
-                    session.checked_at = std::time::Instant::now();
-                    return Ok(true);
-                }
-                Ok(false) => {
-                    *guard = None;
-                    error!("{POOLER_DETECTED}");
-                    return Err(OutboxError::Config(POOLER_DETECTED.into()));
-                }
-                Err(error) => {
-                    *guard = None;
-                    warn!(error = %error, "outbox relay session failed; closed it and gave up the leadership");
-                    return Err(OutboxError::LeadershipLost);
-                }
-            }
-        }
         if guard.is_none() {
             let mut conn = self
                 .db
@@ -757,45 +747,61 @@ impl RelayStore for PostgresOutbox {
                 conn,
                 leader: false,
                 pid: 0,
-                checked_at: std::time::Instant::now(),
+                checked_at: None,
             });
         }
         let Some(session) = guard.as_mut() else {
             return Err(OutboxError::LeadershipLost);
         };
-        let locked = match try_lock(session, self.lock_key).await {
-            Ok(locked) => locked,
-            Err(error) => {
-                *guard = None;
-                if matches!(error, OutboxError::Config(_)) {
-                    error!("{POOLER_DETECTED}");
+        if !session.leader {
+            match try_lock(session, self.lock_key).await {
+                Ok(Some(pid)) => {
+                    session.leader = true;
+                    session.pid = pid;
+                    // Confirmed below, before anything runs as the leader.
+                    session.checked_at = None;
+                    info!(backend_pid = pid, "outbox relay took the leadership lock");
                 }
-                return Err(error);
+                Ok(None) => return Ok(false),
+                Err(error) => {
+                    *guard = None;
+                    if matches!(error, OutboxError::Config(_)) {
+                        error!("{POOLER_DETECTED}");
+                    }
+                    return Err(error);
+                }
             }
-        };
-        let Some(pid) = locked else {
-            return Ok(false);
-        };
+        }
+        // Held: a dead session shows up as a failed claim, which closes it. Right after taking
+        // the lock, and now and then after, check that statements still reach the backend that
+        // holds it.
+        if session
+            .checked_at
+            .is_some_and(|at| at.elapsed() < self.backend_check_interval)
+        {
+            return Ok(true);
+        }
+        let pid = session.pid;
         match same_backend(session, pid).await {
             Ok(true) => {
-                session.leader = true;
-                session.pid = pid;
-                session.checked_at = std::time::Instant::now();
-                info!(backend_pid = pid, "outbox relay took the leadership lock");
+                session.checked_at = Some(std::time::Instant::now());
                 Ok(true)
             }
             Ok(false) => {
                 // The backend that took the lock keeps it until it is unlocked there or its
-                // session ends: try a few times to reach it again, then give the connection up.
+                // session ends, and the pooler may have lent it to another client: try for a
+                // second to reach it again, then give the connection up (the lock then lasts
+                // until the pooler closes that server connection; the playbook says how to end
+                // it).
                 let unlock = format!("SELECT pg_advisory_unlock({})", lock_key_sql(self.lock_key));
-                for _ in 0..8 {
-                    if simple(&mut session.conn, unlock.clone())
+                for _ in 0..20 {
+                    let unlocked = simple(&mut session.conn, unlock.clone())
                         .await
-                        .and_then(|row| row.try_get::<bool, _>(0))
-                        .unwrap_or(false)
-                    {
+                        .and_then(|row| row.try_get::<bool, _>(0));
+                    if unlocked.unwrap_or(false) {
                         break;
                     }
+                    tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 *guard = None;
                 error!("{POOLER_DETECTED}");
@@ -803,7 +809,8 @@ impl RelayStore for PostgresOutbox {
             }
             Err(error) => {
                 *guard = None;
-                Err(sqlx_error(error))
+                warn!(error = %error, "outbox relay session failed; closed it and gave up the leadership");
+                Err(OutboxError::LeadershipLost)
             }
         }
     }

@@ -53,7 +53,7 @@ fn parts(url: &str) -> (String, String, String, String) {
     (user.into(), password.into(), host.into(), port.into())
 }
 
-async fn start_bouncer(server_url: &str) -> Bouncer {
+async fn start_bouncer(server_url: &str, round_robin: bool) -> Bouncer {
     let (user, password, host, port) = parts(server_url);
     let dir = std::env::temp_dir().join(format!("pgbouncer-{}", uuid_like()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -71,12 +71,13 @@ async fn start_bouncer(server_url: &str) -> Bouncer {
              auth_type = any\n\
              pool_mode = transaction\n\
              default_pool_size = 4\n\
-             server_round_robin = 1\n\
+             server_round_robin = {rr}\n\
              ignore_startup_parameters = extra_float_digits,search_path,options\n\
              logfile = {log}\n\
              pidfile = {pid}\n",
             log = dir.join("pgbouncer.log").display(),
             pid = dir.join("pgbouncer.pid").display(),
+            rr = u8::from(round_robin),
         ),
     )
     .unwrap();
@@ -128,6 +129,18 @@ fn uuid_like() -> String {
     )
 }
 
+async fn connect_through(bouncer: &Bouncer, db: &TestDatabase) -> DatabaseConnection {
+    let (user, password, _, _) = parts(db.url());
+    let pooled_url = format!(
+        "postgres://{user}:{password}@127.0.0.1:{}/{}?statement-cache-capacity=0",
+        bouncer.port,
+        db.name()
+    );
+    let mut options = sea_orm::ConnectOptions::new(pooled_url);
+    options.max_connections(3).sqlx_logging(false);
+    Database::connect(options).await.unwrap()
+}
+
 /// Opens three transactions through the pooler at once, so it keeps three server connections
 /// and (round robin) hands consecutive statements of one client to different ones.
 async fn warm(pooled: &DatabaseConnection) {
@@ -147,16 +160,8 @@ async fn a_relay_behind_a_transaction_mode_pooler_refuses_to_lead() {
     let db = TestDatabase::create().await;
     let direct = db.connect().await;
     OutboxMigrator::up(&direct, None).await.unwrap();
-    let bouncer = start_bouncer(db.url()).await;
-    let (user, password, _, _) = parts(db.url());
-    let pooled_url = format!(
-        "postgres://{user}:{password}@127.0.0.1:{}/{}?statement-cache-capacity=0",
-        bouncer.port,
-        db.name()
-    );
-    let mut options = sea_orm::ConnectOptions::new(pooled_url);
-    options.max_connections(3).sqlx_logging(false);
-    let pooled = Database::connect(options).await.unwrap();
+    let bouncer = start_bouncer(db.url(), true).await;
+    let pooled = connect_through(&bouncer, &db).await;
     warm(&pooled).await;
 
     let relay = PostgresOutbox::new(pooled.clone()).unwrap();
@@ -183,4 +188,43 @@ async fn a_relay_behind_a_transaction_mode_pooler_refuses_to_lead() {
     relay.add_event(&txn, event).await.unwrap();
     txn.commit().await.unwrap();
     assert_eq!(direct_relay.stats().await.unwrap().pending, 1);
+}
+
+/// A pooler that happens to hand one client the same backend again and again (last in, first
+/// out) lets the relay take the lock; the relay's periodic check notices once another client
+/// takes that backend, gives the lock back and refuses to lead.
+#[tokio::test]
+async fn a_leader_whose_statements_move_to_another_backend_gives_up() {
+    let db = TestDatabase::create().await;
+    let direct = db.connect().await;
+    OutboxMigrator::up(&direct, None).await.unwrap();
+    let bouncer = start_bouncer(db.url(), false).await;
+    let pooled = connect_through(&bouncer, &db).await;
+    warm(&pooled).await;
+
+    let relay = PostgresOutbox::new(pooled.clone())
+        .unwrap()
+        .with_session_checks(Duration::from_millis(100), Duration::from_secs(30));
+    match relay.acquire_leadership().await {
+        Ok(true) => {}
+        other => panic!("the same backend twice in a row looks like a session: {other:?}"),
+    }
+    // Another client takes the backend the relay's statements went to, and keeps it.
+    let other = connect_through(&bouncer, &db).await;
+    let held = other.begin().await.unwrap();
+    held.execute_unprepared("SELECT 1").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // The other client's transaction ends a moment later, freeing that backend again.
+    let ending = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        held.commit().await.unwrap();
+    });
+    match relay.acquire_leadership().await {
+        Err(OutboxError::Config(message)) => assert!(message.contains("pooler"), "{message}"),
+        other => panic!("the relay must notice and give up: {other:?}"),
+    }
+    ending.await.unwrap();
+    // It gave the lock back on the backend that held it: a direct relay leads.
+    let direct_relay = PostgresOutbox::new(direct.clone()).unwrap();
+    assert!(direct_relay.acquire_leadership().await.unwrap());
 }

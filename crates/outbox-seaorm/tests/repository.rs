@@ -634,3 +634,27 @@ async fn database_errors_are_reported_as_such_and_close_the_relay_session() {
         "a new session takes the lock again"
     );
 }
+
+#[tokio::test]
+async fn a_relay_session_that_stops_answering_gives_up_the_leadership() {
+    let (_db, conn) = migrated().await;
+    let store = PostgresOutbox::new(conn.clone())
+        .unwrap()
+        .with_session_checks(Duration::from_secs(5), Duration::from_millis(300));
+    assert!(store.acquire_leadership().await.unwrap());
+    // Something holds the table: the claim waits, and the relay stops waiting for it.
+    let blocker = conn.begin().await.unwrap();
+    blocker
+        .execute_unprepared("LOCK TABLE event_outbox IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.claim_batch(10, None).await,
+        Err(OutboxError::LeadershipLost)
+    ));
+    blocker.rollback().await.unwrap();
+    assert!(
+        store.acquire_leadership().await.unwrap(),
+        "a new session leads again"
+    );
+}
