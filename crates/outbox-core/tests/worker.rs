@@ -990,3 +990,77 @@ async fn stop_acknowledges_a_batch_whose_acknowledgement_failed_once() {
     assert_eq!(store.pending(), 0, "acknowledged on the way out");
     assert_eq!(publisher.delivered().len(), 3);
 }
+
+#[tokio::test]
+async fn events_behind_a_retrying_event_are_parked_and_follow_it_in_order() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    // Refused before sending (too large for now), so nothing behind it is sent either.
+    *publisher.max_payload.lock().unwrap() = Some(100);
+    let mut big = b"a:bad".to_vec();
+    big.resize(1000, b' ');
+    let bad = store.add(NewOutboxEvent::new("thing", "a", "Bad", big).with_topic("things"));
+    let mut behind = Vec::new();
+    for n in 0..10 {
+        behind.push(store.add(event("a", n)));
+    }
+    for n in 0..3 {
+        store.add(event("b", n));
+    }
+    let settings = fast()
+        .with_batch_size(4)
+        .with_max_attempts(100)
+        .with_retry_backoff_base(Duration::from_millis(100))
+        .with_retry_backoff_max(Duration::from_millis(100));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+    until("b delivered and a parked behind its failing event", || {
+        payloads(&publisher) == ["b:0", "b:1", "b:2"]
+            && behind
+                .iter()
+                .all(|id| store.row(*id).is_some_and(|r| r.next_attempt_at.is_some()))
+    })
+    .await;
+    assert!(
+        behind
+            .iter()
+            .all(|id| store.row(*id).unwrap().event.attempts == 0),
+        "waiting is not an attempt"
+    );
+    assert!(store.row(bad).unwrap().event.attempts >= 1);
+    *publisher.max_payload.lock().unwrap() = None;
+    until("a delivered", || publisher.delivered().len() == 14).await;
+    worker.stop().await.unwrap();
+    let a: Vec<String> = payloads(&publisher)
+        .into_iter()
+        .filter(|p| p.starts_with("a:"))
+        .map(|p| p.trim_end().to_owned())
+        .collect();
+    let mut expected = vec!["a:bad".to_owned()];
+    expected.extend((0..10).map(|n| format!("a:{n}")));
+    assert_eq!(a, expected);
+}
+
+#[tokio::test]
+async fn a_horizon_held_too_long_is_reported_with_the_wait() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let open = store.reserve_id();
+    store.add(event("a", 1));
+    let settings = fast().with_horizon_warn_after(Duration::from_millis(30));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+    until("the wait is measured past the warning", || {
+        worker
+            .status()
+            .stats
+            .and_then(|s| s.horizon_wait)
+            .is_some_and(|w| w >= Duration::from_millis(30))
+    })
+    .await;
+    assert!(publisher.delivered().is_empty(), "it keeps waiting");
+    store.add_reserved(open, event("a", 0));
+    until("both delivered", || publisher.delivered().len() == 2).await;
+    worker.stop().await.unwrap();
+    assert_eq!(payloads(&publisher), ["a:0", "a:1"]);
+}
