@@ -2,7 +2,8 @@
 # Line coverage of the outbox library, measured with cargo-tarpaulin (installed from crates.io
 # when missing) over the library's unit, conformance, integration and end-to-end tests against
 # the real services. Prints the figure of every library file, then those of the two modules held
-# to 100%: the PostgreSQL repository and the relay worker.
+# to 100%: the PostgreSQL repository and the relay worker. Exits non-zero when either is below
+# 100% of its lines (`.ci/run` runs it).
 #
 #   scripts/coverage.sh              run, print per-file figures (HTML report in target/coverage)
 set -euo pipefail
@@ -47,6 +48,22 @@ for path, covered, coverable in sorted(rows):
     print(f"  {pct:6.2f}%  {covered:4d}/{coverable:<4d} {path}")
 held = [r for r in rows if r[0].endswith(("outbox-seaorm/src/repository.rs", "outbox-core/src/worker.rs"))]
 print("\nheld to 100%:")
+short = []
 for path, covered, coverable in held:
     print(f"  {100.0 * covered / coverable if coverable else 100.0:6.2f}%  {path}")
+    if covered < coverable:
+        short.append(path)
+if len(held) != 2:
+    sys.exit("coverage: the report lacks the repository or the relay worker")
+if short:
+    uncovered = {}
+    for f in report["files"]:
+        path = "/".join(f["path"])
+        if any(path.endswith(s) for s in short):
+            uncovered[path[path.find("crates/"):]] = [
+                t["line"] for t in f["traces"] if t["stats"]["Line"] == 0
+            ]
+    for path, lines in uncovered.items():
+        print(f"  uncovered lines of {path}: {lines}")
+    sys.exit("coverage: below 100% of lines in " + ", ".join(short))
 PY
