@@ -11,41 +11,22 @@ use std::time::{Duration, Instant};
 use file_service::extract::{extract_text, validate_content};
 use file_service::isolate::{ExtractLimits, extract_in_child, needs_isolation};
 
-const WORDS: [&str; 24] = [
-    "cities",
-    "cover",
-    "a",
-    "small",
-    "part",
-    "of",
-    "the",
-    "planet",
-    "but",
-    "produce",
-    "most",
-    "emissions",
-    "better",
-    "public",
-    "transport",
-    "trees",
-    "along",
-    "streets",
-    "and",
-    "efficient",
-    "buildings",
-    "can",
-    "cut",
-    "them",
-];
-
-/// Pseudo-random essay words, deterministic, `chars` long.
+/// Deterministic pseudo-random words of 2 to 9 letters, `chars` long: about as compressible
+/// as prose, so a 20 KB `.docx` holds a valid essay.
 fn essay(chars: usize) -> String {
     let mut state: u32 = 0x1234_5678;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        state
+    };
     let mut text = String::with_capacity(chars + 16);
     while text.len() < chars {
-        state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
-        text.push_str(WORDS[(state >> 16) as usize % WORDS.len()]);
-        text.push(if state % 13 == 0 { '\n' } else { ' ' });
+        for _ in 0..2 + next() % 8 {
+            text.push(char::from(b'a' + (next() % 26) as u8));
+        }
+        text.push(if next() % 12 == 0 { '\n' } else { ' ' });
     }
     text.truncate(chars);
     text
@@ -88,7 +69,7 @@ fn pdf(size: usize) -> Vec<u8> {
             .replace('\\', "\\\\")
             .replace('(', "\\(")
             .replace(')', "\\)");
-        content.push_str(&format!("({escaped}) '\n"));
+        content.push_str(&format!("({escaped}) Tj T*\n"));
     }
     content.push_str("ET");
     let objects = [

@@ -172,7 +172,7 @@ pub fn decode_text(bytes: &[u8]) -> Result<String, Rejection> {
         return utf8_text(rest).map_err(|(problem, at)| refuse("UTF-8", problem, at + 3));
     }
     let utf16 = |rest: &[u8], encoding: &str, unit: fn([u8; 2]) -> u16| {
-        if rest.len() % 2 != 0 {
+        if !rest.len().is_multiple_of(2) {
             return Err(refuse(encoding, "an odd number of bytes", bytes.len()));
         }
         let units = rest.chunks_exact(2).map(|pair| unit([pair[0], pair[1]]));
