@@ -98,7 +98,8 @@ fn operation_from_str(operation: &str) -> &'static str {
     }
 }
 
-/// The child's side: limits itself, reads the file from stdin, and writes one [`Answer`] line.
+/// The child's side: limits itself, reads the file from stdin, and writes one JSON line:
+/// `{"text": ...}` or `{"rejected": {"code", "message", "operation", "details"}}`.
 /// Called by `main` before any runtime or thread starts.
 pub fn run_child(filename: &str, limits: ExtractLimits, max_input_bytes: u64) -> ExitCode {
     use nix::sys::resource::{Resource, setrlimit};
