@@ -105,6 +105,9 @@ pub fn run_child(filename: &str, limits: ExtractLimits, max_input_bytes: u64) ->
     use nix::sys::resource::{Resource, setrlimit};
     // Limits first, before the file is read or parsed. Failing to set one is fatal: the
     // parent then reports the extraction as failed rather than running it unbounded.
+    // Death with the parent: the signal comes when the *thread* that spawned the child exits.
+    // The service spawns children from its runtime's worker threads, which live as long as the
+    // process, so this fires when the service dies (a SIGKILL included), not before.
     let limited = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
         .and_then(|()| setrlimit(Resource::RLIMIT_CORE, 0, 0))
         .and_then(|()| {

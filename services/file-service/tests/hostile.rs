@@ -654,3 +654,40 @@ async fn two_replicas_sweeping_the_same_pending_uploads_never_process_one_twice(
     a.terminate();
     b.terminate();
 }
+
+/// A stand-in for the extraction child: a shell script that ignores its arguments.
+fn script(name: &str, body: &str) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(outbox_test_harness::unique_name("fs-child"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(name);
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[tokio::test]
+async fn a_child_that_hangs_dies_or_babbles_is_a_text_extraction_failure_saying_which() {
+    use file_service::isolate::{ExtractLimits, extract_in_child};
+    let limits = ExtractLimits {
+        timeout: Duration::from_millis(500),
+        ..ExtractLimits::default()
+    };
+    let cases = [
+        ("hang.sh", "exec sleep 600", "timeout"),
+        ("segv.sh", "kill -SEGV $$", "crashed"),
+        ("exit.sh", "exit 7", "crashed"),
+        ("babble.sh", "cat >/dev/null; echo 'not json'", "bad_output"),
+    ];
+    for (name, body, reason) in cases {
+        let program = script(name, body);
+        let rejection = extract_in_child(&program, "essay.pdf", b"%PDF-1.7", limits)
+            .await
+            .unwrap()
+            .unwrap_err();
+        assert_eq!(rejection.code.as_str(), "TEXT_EXTRACTION_FAILED", "{name}");
+        assert_eq!(rejection.details["reason"], reason, "{name}: {rejection:?}");
+        assert_eq!(rejection.details["isolated"], true);
+        let _ = std::fs::remove_dir_all(program.parent().unwrap());
+    }
+}
