@@ -570,6 +570,10 @@ async fn an_upload_whose_processing_keeps_dying_is_failed_once_and_never_requeue
     let setup = Setup::new().await;
     let extra = [("FILE_SERVICE_MAX_PROCESSING_ATTEMPTS", "2")];
     let conn = setup.db.connect().await;
+    // Migrated before the first start, so the outcomes can be held from the very beginning.
+    <file_service::db::Migrator as sea_orm_migration::MigratorTrait>::up(&conn, None)
+        .await
+        .unwrap();
     let mut ids = Vec::new();
     // Two attempts, each ended by killing the whole service in the middle of processing.
     for round in 0..2 {
