@@ -18,9 +18,9 @@ use crate::db::Migrator;
 use crate::events::{
     FileEventPublisher, OutboxFileEventPublisher, OutboxFileEventPublisherParameters, TOPICS,
 };
-use crate::http::{AppState, app};
+use crate::http::{AppState, RequestLimits, app};
 use crate::module::FileServiceModule;
-use crate::processing::Processor;
+use crate::processing::{ProcessingSettings, Processor};
 
 /// Why the service could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -51,7 +51,8 @@ pub enum ServiceError {
 pub async fn connect(config: &Config) -> Result<DatabaseConnection, ServiceError> {
     let mut options = ConnectOptions::new(config.database_url.clone());
     options
-        .max_connections(16)
+        // Each upload being processed holds one connection for its outcome transaction.
+        .max_connections(16_u32.max(config.processing_concurrency as u32 + 8))
         .min_connections(1)
         .connect_timeout(Duration::from_secs(10))
         .acquire_timeout(Duration::from_secs(10))
@@ -111,6 +112,7 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
     let module = FileServiceModule::builder(Arc::new(outbox))
         .with_component_parameters::<OutboxFileEventPublisher>(OutboxFileEventPublisherParameters {
             topic_prefix: config.topic_prefix.clone(),
+            max_event_bytes: config.max_event_bytes,
         })
         .build();
     let events: Arc<dyn FileEventPublisher> = module.resolve();
@@ -124,7 +126,12 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
         db.clone(),
         events.clone(),
         relay.notifier(),
-        config.processing_concurrency,
+        ProcessingSettings {
+            concurrency: config.processing_concurrency,
+            max_attempts: config.max_processing_attempts,
+            extract_limits: config.extract_limits,
+            extract_program: config.extract_program.clone(),
+        },
     );
     Ok(AppState {
         db,
@@ -136,6 +143,13 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
         metrics: crate::metrics::handle(),
         max_file_bytes: config.max_file_bytes,
         max_request_bytes: config.max_request_bytes,
+        limits: RequestLimits {
+            max_concurrent_uploads: config.max_concurrent_uploads,
+            max_files_per_request: config.max_files_per_request,
+            max_filename_bytes: config.max_filename_bytes,
+            read_timeout: config.request_read_timeout,
+        },
+        upload_slots: Arc::new(tokio::sync::Semaphore::new(config.max_concurrent_uploads)),
     })
 }
 

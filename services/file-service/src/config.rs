@@ -1,10 +1,13 @@
 //! Configuration from the environment, validated at start.
 
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use outbox_core::RelaySettings;
 use outbox_kafka::KafkaConfig;
+
+use crate::isolate::ExtractLimits;
 
 /// A variable that is missing or malformed.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -59,6 +62,31 @@ pub struct Config {
     /// `FILE_SERVICE_CREATE_TOPICS`, default false: create the four topics at start when missing
     /// (development and demos; production topics are provisioned).
     pub create_topics: bool,
+    /// `FILE_SERVICE_EXTRACT_TIMEOUT_MS` (default 30,000), `FILE_SERVICE_EXTRACT_MEMORY_BYTES`
+    /// (default 512 MiB, at least 64 MiB) and `FILE_SERVICE_EXTRACT_CPU_SECONDS` (default 20):
+    /// the limits of each `.docx`/`.pdf` extraction child.
+    pub extract_limits: ExtractLimits,
+    /// The program run as the extraction child: this binary (`std::env::current_exe`). Not read
+    /// from the environment; tests that build the service inside a test binary point it at the
+    /// real `file-service`.
+    pub extract_program: PathBuf,
+    /// `FILE_SERVICE_MAX_PROCESSING_ATTEMPTS`, default 3: times an upload is taken up for
+    /// processing (a crash of the whole service included) before it is failed for good.
+    pub max_processing_attempts: u32,
+    /// `FILE_SERVICE_MAX_CONCURRENT_UPLOADS`, default 8: upload requests handled at once; more
+    /// get 503 with `Retry-After`.
+    pub max_concurrent_uploads: usize,
+    /// `FILE_SERVICE_MAX_FILES_PER_REQUEST`, default 50.
+    pub max_files_per_request: usize,
+    /// `FILE_SERVICE_MAX_FILENAME_BYTES`, default 255: longest file name, in bytes.
+    pub max_filename_bytes: usize,
+    /// `FILE_SERVICE_REQUEST_READ_TIMEOUT_MS`, default 30,000: time allowed to receive an upload's
+    /// body; slower requests get 408.
+    pub request_read_timeout: Duration,
+    /// `FILE_SERVICE_MAX_EVENT_BYTES`, default 1,000,000 (under Kafka's default
+    /// `message.max.bytes` of 1,048,588): an event whose serialized envelope is larger is refused
+    /// before it is written.
+    pub max_event_bytes: usize,
     /// `OUTBOX_*`: the relay's settings.
     pub relay: RelaySettings,
     /// `LOG_FORMAT`, `json` (default) or `pretty`.
@@ -297,7 +325,92 @@ impl Config {
                 ));
             }
         };
+        let at_least = |name: &str, value: u64, min: u64| {
+            if value < min {
+                Err(error(name, format!("must be at least {min}")))
+            } else {
+                Ok(value)
+            }
+        };
+        let defaults = ExtractLimits::default();
+        let extract_limits = ExtractLimits {
+            timeout: at_least(
+                "FILE_SERVICE_EXTRACT_TIMEOUT_MS",
+                millis(env, "FILE_SERVICE_EXTRACT_TIMEOUT_MS")?
+                    .unwrap_or(defaults.timeout)
+                    .as_millis() as u64,
+                100,
+            )
+            .map(Duration::from_millis)?,
+            memory_bytes: at_least(
+                "FILE_SERVICE_EXTRACT_MEMORY_BYTES",
+                parse::<u64>(
+                    env,
+                    "FILE_SERVICE_EXTRACT_MEMORY_BYTES",
+                    "a number of bytes",
+                )?
+                .unwrap_or(defaults.memory_bytes),
+                64 * 1024 * 1024,
+            )?,
+            cpu_seconds: at_least(
+                "FILE_SERVICE_EXTRACT_CPU_SECONDS",
+                parse::<u64>(env, "FILE_SERVICE_EXTRACT_CPU_SECONDS", "a whole number")?
+                    .unwrap_or(defaults.cpu_seconds),
+                1,
+            )?,
+        };
+        let max_processing_attempts = at_least(
+            "FILE_SERVICE_MAX_PROCESSING_ATTEMPTS",
+            parse::<u32>(
+                env,
+                "FILE_SERVICE_MAX_PROCESSING_ATTEMPTS",
+                "a whole number",
+            )?
+            .unwrap_or(3)
+            .into(),
+            1,
+        )? as u32;
+        let max_concurrent_uploads = at_least(
+            "FILE_SERVICE_MAX_CONCURRENT_UPLOADS",
+            parse::<u64>(env, "FILE_SERVICE_MAX_CONCURRENT_UPLOADS", "a whole number")?
+                .unwrap_or(8),
+            1,
+        )? as usize;
+        let max_files_per_request = at_least(
+            "FILE_SERVICE_MAX_FILES_PER_REQUEST",
+            parse::<u64>(env, "FILE_SERVICE_MAX_FILES_PER_REQUEST", "a whole number")?
+                .unwrap_or(50),
+            1,
+        )? as usize;
+        let max_filename_bytes = at_least(
+            "FILE_SERVICE_MAX_FILENAME_BYTES",
+            parse::<u64>(env, "FILE_SERVICE_MAX_FILENAME_BYTES", "a number of bytes")?
+                .unwrap_or(255),
+            5,
+        )? as usize;
+        let request_read_timeout = at_least(
+            "FILE_SERVICE_REQUEST_READ_TIMEOUT_MS",
+            millis(env, "FILE_SERVICE_REQUEST_READ_TIMEOUT_MS")?
+                .unwrap_or(Duration::from_secs(30))
+                .as_millis() as u64,
+            100,
+        )
+        .map(Duration::from_millis)?;
+        let max_event_bytes = at_least(
+            "FILE_SERVICE_MAX_EVENT_BYTES",
+            parse::<u64>(env, "FILE_SERVICE_MAX_EVENT_BYTES", "a number of bytes")?
+                .unwrap_or(1_000_000),
+            4096,
+        )? as usize;
         Ok(Self {
+            extract_limits,
+            extract_program: std::env::current_exe().unwrap_or_else(|_| "file-service".into()),
+            max_processing_attempts,
+            max_concurrent_uploads,
+            max_files_per_request,
+            max_filename_bytes,
+            request_read_timeout,
+            max_event_bytes,
             database_url,
             kafka,
             http_port,
@@ -339,6 +452,45 @@ mod tests {
         assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.relay, RelaySettings::default());
+        assert_eq!(config.extract_limits, ExtractLimits::default());
+        assert_eq!(config.extract_limits.timeout, Duration::from_secs(30));
+        assert_eq!(config.max_processing_attempts, 3);
+        assert_eq!(config.max_concurrent_uploads, 8);
+        assert_eq!(config.max_files_per_request, 50);
+        assert_eq!(config.max_filename_bytes, 255);
+        assert_eq!(config.request_read_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_event_bytes, 1_000_000);
+    }
+
+    #[test]
+    fn limits_come_through() {
+        let config = Config::from_env(&env(&[
+            DB,
+            ("FILE_SERVICE_EXTRACT_TIMEOUT_MS", "1500"),
+            ("FILE_SERVICE_EXTRACT_MEMORY_BYTES", "134217728"),
+            ("FILE_SERVICE_EXTRACT_CPU_SECONDS", "3"),
+            ("FILE_SERVICE_MAX_PROCESSING_ATTEMPTS", "5"),
+            ("FILE_SERVICE_MAX_CONCURRENT_UPLOADS", "2"),
+            ("FILE_SERVICE_MAX_FILES_PER_REQUEST", "4"),
+            ("FILE_SERVICE_MAX_FILENAME_BYTES", "40"),
+            ("FILE_SERVICE_REQUEST_READ_TIMEOUT_MS", "2000"),
+            ("FILE_SERVICE_MAX_EVENT_BYTES", "65536"),
+        ]))
+        .unwrap();
+        assert_eq!(
+            config.extract_limits,
+            ExtractLimits {
+                timeout: Duration::from_millis(1500),
+                memory_bytes: 128 * 1024 * 1024,
+                cpu_seconds: 3,
+            }
+        );
+        assert_eq!(config.max_processing_attempts, 5);
+        assert_eq!(config.max_concurrent_uploads, 2);
+        assert_eq!(config.max_files_per_request, 4);
+        assert_eq!(config.max_filename_bytes, 40);
+        assert_eq!(config.request_read_timeout, Duration::from_secs(2));
+        assert_eq!(config.max_event_bytes, 65536);
     }
 
     #[test]
@@ -414,6 +566,42 @@ mod tests {
             (
                 &[DB, ("FILE_SERVICE_MAX_REQUEST_BYTES", "10")],
                 "FILE_SERVICE_MAX_REQUEST_BYTES",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_EXTRACT_TIMEOUT_MS", "0")],
+                "FILE_SERVICE_EXTRACT_TIMEOUT_MS",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_EXTRACT_MEMORY_BYTES", "1024")],
+                "FILE_SERVICE_EXTRACT_MEMORY_BYTES",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_EXTRACT_CPU_SECONDS", "0")],
+                "FILE_SERVICE_EXTRACT_CPU_SECONDS",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_MAX_PROCESSING_ATTEMPTS", "0")],
+                "FILE_SERVICE_MAX_PROCESSING_ATTEMPTS",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_MAX_CONCURRENT_UPLOADS", "none")],
+                "FILE_SERVICE_MAX_CONCURRENT_UPLOADS",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_MAX_FILES_PER_REQUEST", "0")],
+                "FILE_SERVICE_MAX_FILES_PER_REQUEST",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_MAX_FILENAME_BYTES", "2")],
+                "FILE_SERVICE_MAX_FILENAME_BYTES",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_REQUEST_READ_TIMEOUT_MS", "-5")],
+                "FILE_SERVICE_REQUEST_READ_TIMEOUT_MS",
+            ),
+            (
+                &[DB, ("FILE_SERVICE_MAX_EVENT_BYTES", "100")],
+                "FILE_SERVICE_MAX_EVENT_BYTES",
             ),
         ];
         for (pairs, variable) in cases {

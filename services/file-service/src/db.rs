@@ -58,6 +58,10 @@ pub mod file_upload {
         pub processed_at: Option<DateTimeWithTimeZone>,
         /// When it was removed.
         pub removed_at: Option<DateTimeWithTimeZone>,
+        /// Times it was taken up for processing (counted before each attempt).
+        pub processing_attempts: i32,
+        /// When it was last taken up for processing.
+        pub last_attempt_at: Option<DateTimeWithTimeZone>,
     }
 
     /// No relations are navigated.
@@ -170,6 +174,35 @@ impl MigrationTrait for CreateFileServiceTables {
     }
 }
 
+/// Counts processing attempts of uploads (`sql/002_processing_attempts.up.sql`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AddProcessingAttempts;
+
+impl MigrationName for AddProcessingAttempts {
+    fn name(&self) -> &str {
+        "m20261130_000001_add_file_upload_processing_attempts"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for AddProcessingAttempts {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(include_str!("../sql/002_processing_attempts.up.sql"))
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(include_str!("../sql/002_processing_attempts.down.sql"))
+            .await?;
+        Ok(())
+    }
+}
+
 /// The service's migrator: the outbox table first, then the service's own.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Migrator;
@@ -180,6 +213,7 @@ impl MigratorTrait for Migrator {
             Box::new(outbox_seaorm::CreateEventOutbox),
             Box::new(outbox_seaorm::AddCommitHorizon),
             Box::new(CreateFileServiceTables),
+            Box::new(AddProcessingAttempts),
         ]
     }
 }

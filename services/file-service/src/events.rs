@@ -298,6 +298,31 @@ pub trait FileEventPublisher: Interface {
 pub struct OutboxFileEventPublisher {
     outbox: Arc<dyn OutboxRepository>,
     topic_prefix: String,
+    max_event_bytes: usize,
+}
+
+/// The largest event written by default: under Kafka's default `message.max.bytes`
+/// (1,048,588), with room for the record's overhead.
+pub const DEFAULT_MAX_EVENT_BYTES: usize = 1_000_000;
+
+/// Refuses an event the broker would refuse for its size: value, key and headers together over
+/// `max_bytes`. The error names the topic, the size and the limit; nothing is written.
+pub fn check_event_size(event: &NewOutboxEvent, max_bytes: usize) -> Result<(), OutboxError> {
+    let size = event.payload.len()
+        + event.key.as_ref().map_or(0, String::len)
+        + event
+            .headers
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum::<usize>();
+    if size > max_bytes {
+        return Err(OutboxError::InvalidEvent(format!(
+            "the {} event is {size} bytes, over the {max_bytes} byte limit \
+             (FILE_SERVICE_MAX_EVENT_BYTES) that the broker would accept; it was not written",
+            event.event_type
+        )));
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for OutboxFileEventPublisher {
@@ -314,7 +339,14 @@ impl OutboxFileEventPublisher {
         Self {
             outbox,
             topic_prefix: topic_prefix.into(),
+            max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }
+    }
+
+    /// Refuses events larger than `max_bytes` (see [`check_event_size`]).
+    pub fn with_max_event_bytes(mut self, max_bytes: usize) -> Self {
+        self.max_event_bytes = max_bytes;
+        self
     }
 
     async fn add(
@@ -322,7 +354,9 @@ impl OutboxFileEventPublisher {
         txn: &DatabaseTransaction,
         event: Result<NewOutboxEvent, OutboxError>,
     ) -> Result<EventId, OutboxError> {
-        self.outbox.add_event(txn, event?).await
+        let event = event?;
+        check_event_size(&event, self.max_event_bytes)?;
+        self.outbox.add_event(txn, event).await
     }
 }
 
@@ -331,6 +365,8 @@ impl OutboxFileEventPublisher {
 pub struct OutboxFileEventPublisherParameters {
     /// Put before every topic name.
     pub topic_prefix: String,
+    /// Largest event written; `0` means [`DEFAULT_MAX_EVENT_BYTES`].
+    pub max_event_bytes: usize,
 }
 
 impl<M> Component<M> for OutboxFileEventPublisher
@@ -344,7 +380,14 @@ where
         context: &mut ModuleBuildContext<M>,
         params: Self::Parameters,
     ) -> Box<dyn FileEventPublisher> {
-        Box::new(Self::new(M::build_component(context), params.topic_prefix))
+        let max_event_bytes = match params.max_event_bytes {
+            0 => DEFAULT_MAX_EVENT_BYTES,
+            n => n,
+        };
+        Box::new(
+            Self::new(M::build_component(context), params.topic_prefix)
+                .with_max_event_bytes(max_event_bytes),
+        )
     }
 }
 

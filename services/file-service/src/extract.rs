@@ -121,7 +121,7 @@ pub fn extract_text(filename: &str, bytes: &[u8]) -> Result<String, Rejection> {
             Sniffed::Zip => Err(contradicts("txt", "a ZIP archive")),
             Sniffed::OleCompound => Err(contradicts("txt", "an Office 97-2003 document")),
             Sniffed::Image(kind) => Err(contradicts("txt", kind)),
-            Sniffed::Unknown => Ok(utf8_dropping_invalid(bytes)),
+            Sniffed::Unknown => decode_text(bytes),
         },
         "docx" => match sniffed {
             Sniffed::Zip => docx_text(bytes),
@@ -144,13 +144,64 @@ pub fn extract_text(filename: &str, bytes: &[u8]) -> Result<String, Rejection> {
     }
 }
 
-/// UTF-8 with invalid byte sequences dropped (not replaced).
-fn utf8_dropping_invalid(bytes: &[u8]) -> String {
-    let mut text = String::with_capacity(bytes.len());
-    for chunk in bytes.utf8_chunks() {
-        text.push_str(chunk.valid());
+/// Decodes a `.txt` file: UTF-8 with or without a byte-order mark, or UTF-16 (little- or
+/// big-endian) with one. Anything else (invalid UTF-8, NUL bytes, unpaired UTF-16 surrogates, an
+/// odd number of UTF-16 bytes) is refused with `TEXT_EXTRACTION_FAILED` and
+/// `details.reason = "unsupported_encoding"`, saying where and what.
+///
+/// This runs in the service's process: one linear pass without recursion, at most one copy of
+/// the bytes, so no file can crash it or grow it beyond twice the file's size.
+pub fn decode_text(bytes: &[u8]) -> Result<String, Rejection> {
+    let refuse = |encoding: &str, problem: &str, offset: usize| {
+        Rejection::extraction(
+            ErrorCode::TextExtractionFailed,
+            format!(
+                "the text file is not readable as {encoding}: {problem} at byte {offset}; save it \
+                 as UTF-8 (or UTF-16 with a byte-order mark)"
+            ),
+            serde_json::json!({
+                "extension": "txt",
+                "reason": "unsupported_encoding",
+                "encoding": encoding,
+                "problem": problem,
+                "offset": offset,
+            }),
+        )
+    };
+    if let Some(rest) = bytes.strip_prefix(&[0xEF, 0xBB, 0xBF]) {
+        return utf8_text(rest).map_err(|(problem, at)| refuse("UTF-8", problem, at + 3));
     }
-    text
+    let utf16 = |rest: &[u8], encoding: &str, unit: fn([u8; 2]) -> u16| {
+        if !rest.len().is_multiple_of(2) {
+            return Err(refuse(encoding, "an odd number of bytes", bytes.len()));
+        }
+        let units = rest.chunks_exact(2).map(|pair| unit([pair[0], pair[1]]));
+        let mut text = String::with_capacity(rest.len() / 2);
+        for (index, decoded) in char::decode_utf16(units).enumerate() {
+            match decoded {
+                Ok('\0') => return Err(refuse(encoding, "a NUL character", 2 + index * 2)),
+                Ok(c) => text.push(c),
+                Err(_) => return Err(refuse(encoding, "an unpaired surrogate", 2 + index * 2)),
+            }
+        }
+        Ok(text)
+    };
+    if let Some(rest) = bytes.strip_prefix(&[0xFF, 0xFE]) {
+        return utf16(rest, "UTF-16LE", u16::from_le_bytes);
+    }
+    if let Some(rest) = bytes.strip_prefix(&[0xFE, 0xFF]) {
+        return utf16(rest, "UTF-16BE", u16::from_be_bytes);
+    }
+    utf8_text(bytes).map_err(|(problem, at)| refuse("UTF-8", problem, at))
+}
+
+/// Valid UTF-8 without NUL characters, or the problem and its byte offset.
+fn utf8_text(bytes: &[u8]) -> Result<String, (&'static str, usize)> {
+    let text = std::str::from_utf8(bytes).map_err(|e| ("invalid UTF-8", e.valid_up_to()))?;
+    if let Some(at) = text.find('\0') {
+        return Err(("a NUL byte", at));
+    }
+    Ok(text.to_owned())
 }
 
 fn docx_text(bytes: &[u8]) -> Result<String, Rejection> {
@@ -282,14 +333,56 @@ mod tests {
     }
 
     #[test]
-    fn txt_is_utf8_with_invalid_bytes_dropped() {
+    fn txt_in_utf8_and_utf16_with_a_bom_is_read() {
+        let essay = "Café ☕ and 𝄞 music: an essay.\nSecond line.";
+        assert_eq!(extract_text("a.txt", essay.as_bytes()).unwrap(), essay);
+        let bom = [&[0xEF, 0xBB, 0xBF][..], essay.as_bytes()].concat();
+        assert_eq!(extract_text("a.TXT", &bom).unwrap(), essay);
+        let units: Vec<u16> = essay.encode_utf16().collect();
+        let le: Vec<u8> = [0xFF, 0xFE]
+            .into_iter()
+            .chain(units.iter().flat_map(|u| u.to_le_bytes()))
+            .collect();
+        let be: Vec<u8> = [0xFE, 0xFF]
+            .into_iter()
+            .chain(units.iter().flat_map(|u| u.to_be_bytes()))
+            .collect();
+        assert_eq!(extract_text("le.txt", &le).unwrap(), essay);
+        assert_eq!(extract_text("be.txt", &be).unwrap(), essay);
+    }
+
+    #[test]
+    fn txt_in_any_other_encoding_is_refused_with_where_and_why() {
+        let latin1 = fixture("tests/fixtures/latin1-bytes.txt");
+        let utf16_without_bom: Vec<u8> = "an essay in UTF-16 without its byte-order mark"
+            .encode_utf16()
+            .flat_map(u16::to_le_bytes)
+            .collect();
+        let cases: [(&[u8], &str, &str); 6] = [
+            (&latin1, "UTF-8", "invalid UTF-8"),
+            (b"ok \xff end", "UTF-8", "invalid UTF-8"),
+            (&utf16_without_bom, "UTF-8", "a NUL byte"),
+            (b"\xEF\xBB\xBFbom then \xc3", "UTF-8", "invalid UTF-8"),
+            (b"\xFF\xFEa\x00b", "UTF-16LE", "an odd number of bytes"),
+            (
+                b"\xFE\xFF\xD8\x00\x00a",
+                "UTF-16BE",
+                "an unpaired surrogate",
+            ),
+        ];
+        for (bytes, encoding, problem) in cases {
+            let error = extract_text("essay.txt", bytes).unwrap_err();
+            assert_eq!(error.code, ErrorCode::TextExtractionFailed, "{problem}");
+            assert_eq!(error.operation, "extract_text");
+            assert_eq!(error.details["reason"], "unsupported_encoding");
+            assert_eq!(error.details["encoding"], encoding, "{bytes:?}");
+            assert_eq!(error.details["problem"], problem, "{bytes:?}");
+            assert!(error.message.contains(problem), "{}", error.message);
+        }
         assert_eq!(
-            extract_text("a.txt", b"ok \xff\xfe caf\xc3\xa9 \xc3 end").unwrap(),
-            "ok  café  end"
+            extract_text("a.txt", b"ab\xffcd").unwrap_err().details["offset"],
+            2
         );
-        let text = extract_text("x.TXT", &fixture("tests/fixtures/latin1-bytes.txt")).unwrap();
-        assert!(text.contains("broken  bytes"));
-        assert!(!text.contains('\u{FFFD}'), "dropped, not replaced");
     }
 
     #[test]

@@ -59,7 +59,38 @@ pub struct AppState {
     pub max_file_bytes: usize,
     /// Largest accepted request body.
     pub max_request_bytes: usize,
+    /// Request limits beyond sizes.
+    pub limits: RequestLimits,
+    /// One permit per upload request being handled; none left means 503 with `Retry-After`.
+    pub upload_slots: Arc<tokio::sync::Semaphore>,
 }
+
+/// Bounds on upload requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RequestLimits {
+    /// Upload requests handled at once.
+    pub max_concurrent_uploads: usize,
+    /// `files` parts in one request.
+    pub max_files_per_request: usize,
+    /// Longest file name, in bytes.
+    pub max_filename_bytes: usize,
+    /// Time allowed to receive an upload's body.
+    pub read_timeout: Duration,
+}
+
+impl Default for RequestLimits {
+    fn default() -> Self {
+        Self {
+            max_concurrent_uploads: 8,
+            max_files_per_request: 50,
+            max_filename_bytes: 255,
+            read_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Seconds a client is told to wait (`Retry-After`) when every upload slot is taken.
+pub const UPLOAD_RETRY_AFTER_SECS: u64 = 1;
 
 /// An error answer: `{"error": {"code": "...", "message": "..."}}`.
 #[derive(Debug)]
@@ -67,6 +98,7 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -75,6 +107,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -95,7 +128,13 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
     }
 }
 
@@ -129,7 +168,14 @@ impl From<sea_orm::DbErr> for ApiError {
 
 impl From<outbox_core::OutboxError> for ApiError {
     fn from(error: outbox_core::OutboxError) -> Self {
-        Self::internal(error)
+        match error {
+            // The only invalid events the service builds are ones too large for the broker.
+            outbox_core::OutboxError::InvalidEvent(why) => {
+                warn!(error = %why, "event refused before it was written");
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "EVENT_TOO_LARGE", why)
+            }
+            other => Self::internal(other),
+        }
     }
 }
 
@@ -301,6 +347,7 @@ async fn read_form(
     multipart: Result<Multipart, MultipartRejection>,
     max_file: usize,
     max_request: usize,
+    limits: RequestLimits,
 ) -> Result<UploadForm, ApiError> {
     let mut multipart = multipart.map_err(|e| {
         ApiError::bad_request(
@@ -338,6 +385,25 @@ async fn read_form(
                         )
                     })?
                     .to_owned();
+                if filename.len() > limits.max_filename_bytes {
+                    return Err(ApiError::bad_request(
+                        "FILENAME_TOO_LONG",
+                        format!(
+                            "a file name is {} bytes long; at most {} are allowed",
+                            filename.len(),
+                            limits.max_filename_bytes
+                        ),
+                    ));
+                }
+                if form.files.len() >= limits.max_files_per_request {
+                    return Err(ApiError::bad_request(
+                        "TOO_MANY_FILES",
+                        format!(
+                            "at most {} files may be sent in one request",
+                            limits.max_files_per_request
+                        ),
+                    ));
+                }
                 let mut bytes = Vec::new();
                 while let Some(chunk) = field
                     .chunk()
@@ -377,12 +443,58 @@ struct UploadAccepted {
     files: Vec<AcceptedFile>,
 }
 
+/// Takes an upload slot, or refuses with 503 and `Retry-After` before reading anything.
+fn upload_slot(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.upload_slots.clone().try_acquire_owned().map_err(|_| {
+        metrics::counter!(m::UPLOADS_REFUSED_BUSY_TOTAL).increment(1);
+        let mut error = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "TOO_MANY_UPLOADS",
+            format!(
+                "{} uploads are being handled; nothing was changed, try again shortly",
+                state.limits.max_concurrent_uploads
+            ),
+        );
+        error.retry_after = Some(UPLOAD_RETRY_AFTER_SECS);
+        error
+    })
+}
+
+/// Reads the form within the request read timeout (408 past it).
+async fn read_form_in_time(
+    state: &AppState,
+    multipart: Result<Multipart, MultipartRejection>,
+) -> Result<UploadForm, ApiError> {
+    let limits = state.limits;
+    tokio::time::timeout(
+        limits.read_timeout,
+        read_form(
+            multipart,
+            state.max_file_bytes,
+            state.max_request_bytes,
+            limits,
+        ),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ApiError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "REQUEST_TIMEOUT",
+            format!(
+                "the request body did not arrive within {} ms; nothing was changed",
+                limits.read_timeout.as_millis()
+            ),
+        ))
+    })
+}
+
 async fn upload_new_batch(
     State(state): State<AppState>,
     caller: Caller,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let form = read_form(multipart, state.max_file_bytes, state.max_request_bytes).await?;
+    let _slot = upload_slot(&state)?;
+    let form = read_form_in_time(&state, multipart).await?;
     let batch_id = form
         .batch_id
         .clone()
@@ -399,7 +511,8 @@ async fn upload_to_batch(
     caller: Caller,
     multipart: Result<Multipart, MultipartRejection>,
 ) -> Result<Response, ApiError> {
-    let form = read_form(multipart, state.max_file_bytes, state.max_request_bytes).await?;
+    let _slot = upload_slot(&state)?;
+    let form = read_form_in_time(&state, multipart).await?;
     if form
         .batch_id
         .as_deref()
@@ -472,6 +585,8 @@ async fn upload(
             uploaded_at: Set(now.into()),
             processed_at: Set(None),
             removed_at: Set(None),
+            processing_attempts: Set(0),
+            last_attempt_at: Set(None),
         })
         .exec_without_returning(&txn)
         .await?;

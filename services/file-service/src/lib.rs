@@ -9,6 +9,8 @@
 //! - [`processing`]: background extraction, validation and outcome events, never leaving an
 //!   upload behind;
 //! - [`extract`]: `.txt`, `.docx` and `.pdf` text extraction, content sniffing and validation;
+//! - [`isolate`]: `.docx` and `.pdf` extraction in a child process with time, memory and CPU
+//!   limits;
 //! - [`access`]: batch ownership and locks from the Batch Orchestrator, or local ownership;
 //! - [`db`]: the tables, their migration and the migrator that includes the outbox's;
 //! - [`module`]: the shaku module, with the outbox module as a submodule;
@@ -24,6 +26,7 @@ pub mod db;
 pub mod events;
 pub mod extract;
 pub mod http;
+pub mod isolate;
 pub mod metrics;
 pub mod module;
 pub mod processing;

@@ -33,6 +33,23 @@ enum Command {
         #[command(subcommand)]
         command: OutboxCommand,
     },
+    /// Internal: extract one file's text (stdin) as a JSON line (stdout) under resource limits.
+    /// The service runs it as a child process for `.docx` and `.pdf`.
+    #[command(name = "extract-text", hide = true)]
+    ExtractText {
+        /// Address space limit in bytes.
+        #[arg(long)]
+        memory_bytes: u64,
+        /// CPU limit in seconds.
+        #[arg(long)]
+        cpu_seconds: u64,
+        /// Most bytes read from stdin.
+        #[arg(long)]
+        max_input_bytes: u64,
+        /// The upload's file name (its extension picks the parser).
+        #[arg(allow_hyphen_values = true)]
+        filename: String,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -87,9 +104,36 @@ async fn outbox(
     Ok(())
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The extraction child limits itself before anything else runs: no runtime, no threads.
+    if let Some(Command::ExtractText {
+        memory_bytes,
+        cpu_seconds,
+        max_input_bytes,
+        filename,
+    }) = &cli.command
+    {
+        let limits = file_service::isolate::ExtractLimits {
+            memory_bytes: *memory_bytes,
+            cpu_seconds: *cpu_seconds,
+            ..Default::default()
+        };
+        return file_service::isolate::run_child(filename, limits, *max_input_bytes);
+    }
+    match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => {
+            eprintln!("file-service: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     let config = match Config::from_env(&ProcessEnv) {
         Ok(config) => config,
         Err(e) => {
@@ -104,6 +148,7 @@ async fn main() -> ExitCode {
             .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
         Command::Migrate { action } => migrate(&config, action).await,
         Command::Outbox { command } => outbox(&config, &command).await,
+        Command::ExtractText { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -17,6 +17,8 @@ pub const UPLOADS_ACCEPTED_TOTAL: &str = "file_service_uploads_accepted_total";
 /// Counter, labels `status` (`completed`, `failed`) and `code` (the validation error code, empty
 /// when completed): upload outcomes.
 pub const FILES_PROCESSED_TOTAL: &str = "file_service_files_processed_total";
+/// Counter: upload requests refused with 503 because every upload slot was taken.
+pub const UPLOADS_REFUSED_BUSY_TOTAL: &str = "file_service_uploads_refused_busy_total";
 /// Counter: files removed from batches.
 pub const FILES_REMOVED_TOTAL: &str = "file_service_files_removed_total";
 /// Histogram: seconds to process one upload.
@@ -69,6 +71,11 @@ fn describe() {
         FILES_PROCESSED_TOTAL,
         Unit::Count,
         "Processed uploads by outcome status and validation code."
+    );
+    describe_counter!(
+        UPLOADS_REFUSED_BUSY_TOTAL,
+        Unit::Count,
+        "Upload requests refused with 503 because every upload slot was taken."
     );
     describe_counter!(
         FILES_REMOVED_TOTAL,

@@ -3,11 +3,23 @@
 //!
 //! An upload is never left behind: uploads still `pending` are queued again at start (after a
 //! crash or restart) and by a periodic sweep; a failed outcome transaction is retried with
-//! backoff and, after [`MAX_ATTEMPTS`], the upload is marked failed with its event. The outcome
-//! update only applies to a `pending` row, so each upload produces exactly one outcome event even
-//! when it is processed twice.
+//! backoff. The outcome update only applies to a `pending` row, so each upload produces exactly
+//! one outcome event even when it is processed twice.
+//!
+//! Poison uploads cannot loop, and replicas never process one upload at once. Processing an
+//! upload opens its outcome transaction first and takes a transaction-scoped advisory lock on the
+//! upload there (`pg_try_advisory_xact_lock`): a replica that cannot take it leaves the upload to
+//! the one that holds it, and the lock goes with the transaction, so a crashed process holds
+//! nothing. With the lock held, the attempt is counted in `file_uploads.processing_attempts`,
+//! committed on its own, so an attempt that crashes the whole service counts too. An upload taken
+//! up more than `max_attempts` times is failed with `UNKNOWN_VALIDATION_ERROR` (reason
+//! `attempts_exhausted`) and its outcome event, and never processed again.
+//!
+//! `.docx` and `.pdf` are extracted in a child process under time, memory and CPU limits (see
+//! [`crate::isolate`]); `.txt` is decoded in-process.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -15,7 +27,8 @@ use chrono::{SubsecRound, Utc};
 use md5::Digest;
 use outbox_core::RelayNotifier;
 use sea_orm::{
-    ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, Statement, TransactionTrait,
+    ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, Statement,
+    TransactionTrait,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{error, info, warn};
@@ -27,10 +40,15 @@ use crate::events::{
     ValidationErrorDetail,
 };
 use crate::extract::{ErrorCode, Rejection, extract_text, validate_content};
+use crate::isolate::{ExtractLimits, extract_in_child, needs_isolation};
 use crate::metrics as m;
 
-/// Outcome transactions tried before an upload is marked failed.
-pub const MAX_ATTEMPTS: u32 = 5;
+/// Default number of times an upload is taken up for processing before it is failed.
+pub const MAX_ATTEMPTS: u32 = 3;
+
+/// The first key of the service's advisory locks on uploads ("FSUP"); the second is the hash of
+/// the upload's id. Two-key advisory locks never collide with one-key (bigint) ones.
+const ADVISORY_LOCK_CLASS: i32 = 0x4653_5550;
 
 /// How often uploads still pending are looked for.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -40,13 +58,38 @@ pub fn md5_hex(bytes: &[u8]) -> String {
     hex::encode(md5::Md5::digest(bytes))
 }
 
+/// How uploads are processed.
+#[derive(Debug, Clone)]
+pub struct ProcessingSettings {
+    /// Uploads processed at once (and so extraction children at most).
+    pub concurrency: usize,
+    /// Times an upload is taken up before it is failed for good.
+    pub max_attempts: u32,
+    /// Limits of each extraction child.
+    pub extract_limits: ExtractLimits,
+    /// The program run as the extraction child (the service's own binary).
+    pub extract_program: PathBuf,
+}
+
+impl Default for ProcessingSettings {
+    fn default() -> Self {
+        Self {
+            concurrency: 2,
+            max_attempts: MAX_ATTEMPTS,
+            extract_limits: ExtractLimits::default(),
+            extract_program: std::env::current_exe().unwrap_or_else(|_| "file-service".into()),
+        }
+    }
+}
+
 /// What processing one upload came to.
 #[derive(Debug, PartialEq, Eq)]
 enum Done {
-    /// Its outcome event is written (or it needed none: already processed or removed).
+    /// Its outcome event is written (or it needed none: already processed, removed, or being
+    /// processed by another replica).
     Finished,
-    /// The outcome transaction failed; try again later.
-    Retry(String),
+    /// The attempt failed before its outcome was written; try again later.
+    Retry { attempts: u32, why: String },
 }
 
 struct Shared {
@@ -55,9 +98,9 @@ struct Shared {
     notifier: RelayNotifier,
     queue: mpsc::UnboundedSender<Uuid>,
     queued: Mutex<HashSet<Uuid>>,
-    attempts: Mutex<HashMap<Uuid, u32>>,
     slots: Arc<Semaphore>,
     concurrency: u32,
+    settings: ProcessingSettings,
 }
 
 /// Queues uploads for processing and runs them, `concurrency` at a time.
@@ -69,7 +112,7 @@ pub struct Processor {
 impl std::fmt::Debug for Processor {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Processor")
-            .field("concurrency", &self.shared.concurrency)
+            .field("settings", &self.shared.settings)
             .finish_non_exhaustive()
     }
 }
@@ -80,19 +123,19 @@ impl Processor {
         db: DatabaseConnection,
         events: Arc<dyn FileEventPublisher>,
         notifier: RelayNotifier,
-        concurrency: usize,
+        settings: ProcessingSettings,
     ) -> Self {
         let (queue, mut receiver) = mpsc::unbounded_channel::<Uuid>();
-        let concurrency = u32::try_from(concurrency.max(1)).unwrap_or(u32::MAX);
+        let concurrency = u32::try_from(settings.concurrency.max(1)).unwrap_or(u32::MAX);
         let shared = Arc::new(Shared {
             db,
             events,
             notifier,
             queue,
             queued: Mutex::default(),
-            attempts: Mutex::default(),
             slots: Arc::new(Semaphore::new(concurrency as usize)),
             concurrency,
+            settings,
         });
         let dispatcher = shared.clone();
         tokio::spawn(async move {
@@ -105,10 +148,8 @@ impl Processor {
                     let outcome = process(&shared, id).await;
                     lock(&shared.queued).remove(&id);
                     drop(slot);
-                    if let Done::Retry(why) = outcome {
-                        schedule_retry(&shared, id, why);
-                    } else {
-                        lock(&shared.attempts).remove(&id);
+                    if let Done::Retry { attempts, why } = outcome {
+                        schedule_retry(&shared, id, attempts, why);
                     }
                 });
             }
@@ -186,16 +227,13 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-fn schedule_retry(shared: &Arc<Shared>, id: Uuid, why: String) {
-    let attempt = {
-        let mut attempts = lock(&shared.attempts);
-        let n = attempts.entry(id).or_insert(0);
-        *n += 1;
-        *n
-    };
-    let delay =
-        outbox_core::backoff_delay(Duration::from_millis(200), Duration::from_secs(30), attempt);
-    warn!(file_upload_id = %id, attempt, retry_in_ms = delay.as_millis() as u64, error = %why, "upload processing failed; will retry");
+fn schedule_retry(shared: &Arc<Shared>, id: Uuid, attempts: u32, why: String) {
+    let delay = outbox_core::backoff_delay(
+        Duration::from_millis(200),
+        Duration::from_secs(30),
+        attempts.max(1),
+    );
+    warn!(file_upload_id = %id, attempt = attempts, retry_in_ms = delay.as_millis() as u64, error = %why, "upload processing failed; will retry");
     let shared = shared.clone();
     tokio::spawn(async move {
         tokio::time::sleep(delay).await;
@@ -204,57 +242,141 @@ fn schedule_retry(shared: &Arc<Shared>, id: Uuid, why: String) {
     });
 }
 
+/// Takes the upload's advisory lock in `txn`. `false` when another process holds it.
+async fn try_lock_upload(txn: &DatabaseTransaction, id: Uuid) -> Result<bool, sea_orm::DbErr> {
+    let row = txn
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "SELECT pg_try_advisory_xact_lock($1, hashtext($2)) AS locked",
+            [ADVISORY_LOCK_CLASS.into(), id.to_string().into()],
+        ))
+        .await?;
+    Ok(match row {
+        Some(row) => row.try_get("", "locked")?,
+        None => false,
+    })
+}
+
+/// Counts an attempt of a pending upload (committed at once, outside the outcome transaction).
+/// `None` when the upload is not pending any more.
+async fn count_attempt(db: &DatabaseConnection, id: Uuid) -> Result<Option<u32>, sea_orm::DbErr> {
+    let row = db
+        .query_one(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "UPDATE file_uploads
+             SET processing_attempts = processing_attempts + 1, last_attempt_at = now()
+             WHERE file_upload_id = $1 AND status = 'pending'
+             RETURNING processing_attempts",
+            [id.into()],
+        ))
+        .await?;
+    match row {
+        Some(row) => {
+            let n: i32 = row.try_get("", "processing_attempts")?;
+            Ok(Some(u32::try_from(n).unwrap_or(0)))
+        }
+        None => Ok(None),
+    }
+}
+
+/// Extracts and validates the text: `.docx` and `.pdf` in a child process, `.txt` here.
+/// `Err` when the child could not even be started (the attempt is retried).
+async fn extract(
+    settings: &ProcessingSettings,
+    filename: &str,
+    bytes: Vec<u8>,
+) -> Result<Result<String, Rejection>, String> {
+    if needs_isolation(filename) {
+        return extract_in_child(
+            &settings.extract_program,
+            filename,
+            &bytes,
+            settings.extract_limits,
+        )
+        .await
+        .map_err(|e| format!("cannot start the text extraction process: {e}"));
+    }
+    let filename = filename.to_owned();
+    Ok(tokio::task::spawn_blocking(move || {
+        let text = extract_text(&filename, &bytes)?;
+        validate_content(&text)?;
+        Ok(text)
+    })
+    .await
+    .unwrap_or_else(|_| {
+        Err(Rejection {
+            code: ErrorCode::TextExtractionFailed,
+            message: "text extraction failed on this file".into(),
+            operation: "extract_text",
+            details: serde_json::json!({"reason": "crashed"}),
+        })
+    }))
+}
+
 async fn process(shared: &Shared, id: Uuid) -> Done {
     let started = Instant::now();
+    let retry = |attempts: u32, why: String| Done::Retry { attempts, why };
+    let txn = match shared.db.begin().await {
+        Ok(txn) => txn,
+        Err(e) => return retry(1, e.to_string()),
+    };
+    match try_lock_upload(&txn, id).await {
+        Ok(true) => {}
+        Ok(false) => {
+            info!(file_upload_id = %id, "upload is being processed by another process");
+            return Done::Finished;
+        }
+        Err(e) => return retry(1, e.to_string()),
+    }
+    let attempts = match count_attempt(&shared.db, id).await {
+        Ok(Some(n)) => n,
+        Ok(None) => return Done::Finished,
+        Err(e) => return retry(1, e.to_string()),
+    };
     let upload = match file_upload::Entity::find_by_id(id).one(&shared.db).await {
         Ok(Some(upload)) if upload.status == status::PENDING => upload,
         Ok(_) => return Done::Finished,
-        Err(e) => return Done::Retry(e.to_string()),
+        Err(e) => return retry(attempts, e.to_string()),
     };
-    let attempts = lock(&shared.attempts).get(&id).copied().unwrap_or(0);
+    let max_attempts = shared.settings.max_attempts;
 
-    let result = if attempts >= MAX_ATTEMPTS {
+    let result = if attempts > max_attempts {
+        warn!(file_upload_id = %id, attempts = attempts - 1, "upload could not be processed in its attempts; failing it");
         Err(Rejection {
             code: ErrorCode::UnknownValidationError,
-            message: format!("the upload could not be processed after {MAX_ATTEMPTS} attempts"),
-            operation: "store_text",
-            details: serde_json::json!({"attempts": attempts}),
+            message: format!(
+                "the upload could not be processed in {max_attempts} attempts; it will not be \
+                 tried again"
+            ),
+            operation: "process_upload",
+            details: serde_json::json!({
+                "reason": "attempts_exhausted",
+                "attempts": attempts - 1,
+                "max_attempts": max_attempts,
+            }),
         })
     } else {
         match raw_file::Entity::find_by_id(upload.raw_storage_id)
             .one(&shared.db)
             .await
         {
-            Err(e) => return Done::Retry(e.to_string()),
+            Err(e) => return retry(attempts, e.to_string()),
             Ok(None) => Err(Rejection {
                 code: ErrorCode::RawStorageFailed,
                 message: "the uploaded bytes are missing from storage".into(),
                 operation: "load_raw_file",
                 details: serde_json::json!({"raw_file_storage_id": upload.raw_storage_id}),
             }),
-            Ok(Some(raw)) => {
-                let filename = upload.filename.clone();
-                tokio::task::spawn_blocking(move || {
-                    let text = extract_text(&filename, &raw.content)?;
-                    validate_content(&text)?;
-                    Ok(text)
-                })
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Rejection {
-                        code: ErrorCode::TextExtractionFailed,
-                        message: "text extraction crashed on this file".into(),
-                        operation: "extract_text",
-                        details: serde_json::json!({}),
-                    })
-                })
-            }
+            Ok(Some(raw)) => match extract(&shared.settings, &upload.filename, raw.content).await {
+                Ok(result) => result,
+                Err(why) => return retry(attempts, why),
+            },
         }
     };
 
     let written = match &result {
-        Ok(text) => provision(shared, &upload, text).await,
-        Err(rejection) => reject(shared, &upload, rejection).await,
+        Ok(text) => provision(shared, txn, &upload, text).await,
+        Err(rejection) => reject(shared, txn, &upload, rejection).await,
     };
     match written {
         Ok(true) => {
@@ -267,11 +389,17 @@ async fn process(shared: &Shared, id: Uuid) -> Done {
                 .increment(1);
             metrics::histogram!(m::PROCESSING_DURATION_SECONDS)
                 .record(started.elapsed().as_secs_f64());
+            let reason = match &result {
+                Err(r) => r.details["reason"].as_str().unwrap_or_default().to_owned(),
+                Ok(_) => String::new(),
+            };
             info!(
                 file_upload_id = %id,
                 batch_id = %upload.batch_id,
                 status = outcome,
                 code,
+                reason,
+                attempts,
                 correlation_id = %upload.correlation_id,
                 "upload processed"
             );
@@ -279,10 +407,10 @@ async fn process(shared: &Shared, id: Uuid) -> Done {
         }
         Ok(false) => Done::Finished,
         Err(e) => {
-            if attempts >= MAX_ATTEMPTS {
+            if attempts > max_attempts {
                 error!(file_upload_id = %id, error = %e, "cannot even mark the upload failed; will keep trying");
             }
-            Done::Retry(e.to_string())
+            retry(attempts, e.to_string())
         }
     }
 }
@@ -322,15 +450,15 @@ enum WriteError {
     Outbox(#[from] outbox_core::OutboxError),
 }
 
-/// Stores the text, completes the upload and writes `EssayContentProvisionedV1`, in one
-/// transaction.
+/// Stores the text, completes the upload and writes `EssayContentProvisionedV1`, in `txn` (the
+/// one holding the upload's lock).
 async fn provision(
     shared: &Shared,
+    txn: DatabaseTransaction,
     upload: &file_upload::Model,
     text: &str,
 ) -> Result<bool, WriteError> {
     let text_storage_id = Uuid::now_v7();
-    let txn = shared.db.begin().await?;
     if !finish(
         &txn,
         upload.file_upload_id,
@@ -373,13 +501,14 @@ async fn provision(
     Ok(true)
 }
 
-/// Fails the upload and writes `EssayValidationFailedV1`, in one transaction.
+/// Fails the upload and writes `EssayValidationFailedV1`, in `txn` (the one holding the
+/// upload's lock).
 async fn reject(
     shared: &Shared,
+    txn: DatabaseTransaction,
     upload: &file_upload::Model,
     rejection: &Rejection,
 ) -> Result<bool, WriteError> {
-    let txn = shared.db.begin().await?;
     let code = rejection.code.as_str();
     if !finish(
         &txn,

@@ -65,6 +65,7 @@ async fn migrate_and_the_outbox_commands_work_on_a_real_database() {
         "{listed}"
     );
     assert!(listed.contains("Applied\tm20261127_000002_create_file_service_tables"));
+    assert!(listed.contains("Applied\tm20261130_000001_add_file_upload_processing_attempts"));
 
     let conn = db.connect().await;
     conn.execute_unprepared(
@@ -115,6 +116,17 @@ async fn migrate_and_the_outbox_commands_work_on_a_real_database() {
     assert!(!nothing.status.success());
     assert!(String::from_utf8_lossy(&nothing.stderr).contains("--id"));
 
+    let down = run(Some(&url), &["migrate", "down"]);
+    assert!(down.status.success());
+    let after_down = stdout(&run(Some(&url), &["migrate", "status"]));
+    assert!(
+        after_down.contains("Pending\tm20261130_000001"),
+        "{after_down}"
+    );
+    assert!(
+        after_down.contains("Applied\tm20261127_000002"),
+        "{after_down}"
+    );
     let down = run(Some(&url), &["migrate", "down"]);
     assert!(down.status.success());
     assert!(stdout(&run(Some(&url), &["migrate", "status"])).contains("Pending\tm20261127_000002"));

@@ -533,7 +533,8 @@ async fn upload_status(conn: &DatabaseConnection, upload: &str) -> (String, Opti
 async fn a_failing_text_store_writes_no_event_then_retries_or_fails_the_upload_with_its_event() {
     let bootstrap = outbox_test_harness::kafka_bootstrap_servers().await;
     let setup = Setup::new(&bootstrap).await;
-    let mut service = setup.start(&[]);
+    // Five attempts (about three seconds of backoff) outlast the broken store's first 1.5 s.
+    let mut service = setup.start(&[("FILE_SERVICE_MAX_PROCESSING_ATTEMPTS", "5")]);
     service.ready().await;
     let conn = setup.db.connect().await;
     let break_store = "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS

@@ -581,3 +581,155 @@ async fn healthz_reports_the_outbox_and_metrics_render() {
         "the outbox's metrics render too"
     );
 }
+
+#[tokio::test]
+async fn too_many_files_or_a_too_long_filename_is_a_400_with_nothing_written() {
+    let s = service(&[
+        ("FILE_SERVICE_MAX_FILES_PER_REQUEST", "2"),
+        ("FILE_SERVICE_MAX_FILENAME_BYTES", "20"),
+    ])
+    .await;
+    let before = counts(&s.conn).await;
+    let (code, _, body) = send(
+        &s.app,
+        upload(
+            "/v1/files/batch",
+            Some("u"),
+            &[
+                Part::Text("batch_id", "b"),
+                Part::File("a.txt", ESSAY),
+                Part::File("b.txt", ESSAY),
+                Part::File("c.txt", ESSAY),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "TOO_MANY_FILES");
+    assert!(body["error"]["message"].as_str().unwrap().contains('2'));
+
+    let long = format!("{}.txt", "n".repeat(17));
+    let (code, _, body) = send(
+        &s.app,
+        upload(
+            "/v1/files/batch/b/files",
+            Some("u"),
+            &[Part::File("ok.txt", ESSAY), Part::File(&long, ESSAY)],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["error"]["code"], "FILENAME_TOO_LONG");
+    assert_eq!(counts(&s.conn).await, before, "nothing written");
+
+    // At the limits, both pass.
+    let exactly = format!("{}.txt", "n".repeat(16));
+    let (code, _, body) = send(
+        &s.app,
+        upload(
+            "/v1/files/batch",
+            Some("u"),
+            &[
+                Part::Text("batch_id", "b"),
+                Part::File("a.txt", ESSAY),
+                Part::File(&exactly, ESSAY),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+}
+
+#[tokio::test]
+async fn uploads_beyond_the_concurrency_limit_get_503_with_retry_after_and_nothing_written() {
+    let s = service(&[("FILE_SERVICE_MAX_CONCURRENT_UPLOADS", "2")]).await;
+    let before = counts(&s.conn).await;
+    // Two uploads in progress hold both slots.
+    let held = s
+        .state
+        .upload_slots
+        .clone()
+        .try_acquire_many_owned(2)
+        .unwrap();
+    let (code, headers, body) = send(
+        &s.app,
+        upload(
+            "/v1/files/batch",
+            Some("u"),
+            &[Part::Text("batch_id", "b"), Part::File("a.txt", ESSAY)],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    assert_eq!(body["error"]["code"], "TOO_MANY_UPLOADS");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(counts(&s.conn).await, before, "nothing written");
+
+    // Reads are not limited; a freed slot takes the next upload.
+    let (code, _, _) = send(
+        &s.app,
+        request("GET", "/v1/files/batch/b/state", Some("u"))
+            .body(Body::empty())
+            .unwrap(),
+    )
+    .await;
+    assert_ne!(code, StatusCode::SERVICE_UNAVAILABLE);
+    drop(held);
+    let (code, _, body) = send(
+        &s.app,
+        upload(
+            "/v1/files/batch",
+            Some("u"),
+            &[Part::Text("batch_id", "b"), Part::File("a.txt", ESSAY)],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::ACCEPTED, "{body}");
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_a_408_with_nothing_written() {
+    let s = service(&[("FILE_SERVICE_REQUEST_READ_TIMEOUT_MS", "300")]).await;
+    let before = counts(&s.conn).await;
+    let start = multipart(&[Part::Text("batch_id", "b"), Part::File("a.txt", ESSAY)]);
+    // The first half of the body, then nothing: the client went quiet.
+    let half = axum::body::Bytes::from(start[..start.len() / 2].to_vec());
+    let stream = futures::StreamExt::chain(
+        futures::stream::once(async move { Ok::<_, std::io::Error>(half) }),
+        futures::stream::pending(),
+    );
+    let request = request("POST", "/v1/files/batch", Some("u"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .body(Body::from_stream(stream))
+        .unwrap();
+    let (code, _, body) = send(&s.app, request).await;
+    assert_eq!(code, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert_eq!(body["error"]["code"], "REQUEST_TIMEOUT");
+    assert_eq!(counts(&s.conn).await, before, "nothing written");
+}
+
+#[tokio::test]
+async fn an_event_the_broker_would_refuse_for_its_size_is_refused_before_it_is_written() {
+    let s = service(&[("FILE_SERVICE_MAX_EVENT_BYTES", "4096")]).await;
+    let before = counts(&s.conn).await;
+    // The user id goes into BatchFileAddedV1: 5,000 bytes of it make the event too large.
+    let user = "u".repeat(5000);
+    let (code, _, body) = send(
+        &s.app,
+        upload(
+            "/v1/files/batch",
+            Some(&user),
+            &[Part::Text("batch_id", "b"), Part::File("a.txt", ESSAY)],
+        ),
+    )
+    .await;
+    assert_eq!(code, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["error"]["code"], "EVENT_TOO_LARGE");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("4096"), "{message}");
+    assert!(message.contains("batch.file.added"), "{message}");
+    assert_eq!(counts(&s.conn).await, before, "nothing written");
+}

@@ -16,6 +16,8 @@ use sea_orm::{DatabaseConnection, EntityTrait, PaginatorTrait};
 use sea_orm_migration::MigratorTrait;
 use tower::ServiceExt;
 
+pub mod hostile;
+
 pub const BOUNDARY: &str = "x-test-boundary-7f3a";
 
 /// A configuration for `db_url` with the given extra variables.
@@ -28,7 +30,10 @@ pub fn config(db_url: &str, bootstrap: &str, extra: &[(&str, &str)]) -> Config {
     for (k, v) in extra {
         env.insert((*k).into(), (*v).into());
     }
-    Config::from_env(&env).expect("test configuration")
+    let mut config = Config::from_env(&env).expect("test configuration");
+    // The processor runs `.docx`/`.pdf` extraction as a child: the real binary, not this test.
+    config.extract_program = env!("CARGO_BIN_EXE_file-service").into();
+    config
 }
 
 /// A topic prefix of the test's own, and the service's four topics created under it (deleted
