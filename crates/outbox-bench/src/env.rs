@@ -136,10 +136,7 @@ impl Env {
 
     /// Runs SQL outside any transaction (VACUUM, TRUNCATE).
     pub(crate) async fn sql(&self, sql: &str) -> Result<()> {
-        sqlx::raw_sql(sql)
-            .execute(self.pool())
-            .await
-            .context(sql)?;
+        sqlx::raw_sql(sql).execute(self.pool()).await.context(sql)?;
         Ok(())
     }
 

@@ -39,4 +39,4 @@ pub mod migration;
 mod repository;
 
 pub use migration::{CreateEventOutbox, OutboxMigrator};
-pub use repository::{CLAIM, CLAIM_AFTER, PostgresOutbox};
+pub use repository::{CLAIM, CLAIM_AFTER, PostgresOutbox, dead_letter_condition};
