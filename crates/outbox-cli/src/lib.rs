@@ -9,7 +9,7 @@
 //! - [`ops`]: the operations both call: stats, a paged and filtered list, show, replay and
 //!   discard (or a dry run that counts), each replay and discard logged with its caller;
 //! - [`relay`]: `outbox relay`, the relay as a sidecar with `/healthz` and `/metrics`;
-//! - [`env`]: configuration from the environment (`DATABASE_URL`, `KAFKA_*`, `OUTBOX_*`,
+//! - [`env`](mod@env): configuration from the environment (`DATABASE_URL`, `KAFKA_*`, `OUTBOX_*`,
 //!   `LOG_FORMAT`).
 //!
 //! # Example

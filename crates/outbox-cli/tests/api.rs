@@ -477,3 +477,64 @@ async fn without_a_token_nothing_is_mounted() {
         "AdminToken(..)"
     );
 }
+
+/// Collects log output for one test.
+#[derive(Clone, Default)]
+struct Logs(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn every_replay_and_discard_is_logged_with_its_caller_and_count() {
+    let (_db, conn) = migrated().await;
+    let logs = Logs::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .json()
+        .flatten_event(true)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let app = app(&conn);
+    let t = Some(TOKEN);
+    call(
+        &app,
+        "POST",
+        "/admin/outbox/dead-letters/replay",
+        t,
+        Some(r#"{"ids": [1, 2]}"#),
+    )
+    .await;
+    call(
+        &app,
+        "POST",
+        "/admin/outbox/dead-letters/discard",
+        t,
+        Some(r#"{"all": true, "filter": {"topic": "topic.1"}, "dry_run": true}"#),
+    )
+    .await;
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|l: &serde_json::Value| l["caller"].is_string())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["caller"], "api:alice");
+    assert_eq!(lines[0]["count"], 2);
+    assert_eq!(lines[0]["action"], "Replay");
+    assert_eq!(
+        lines[1]["count"], 1,
+        "one topic.1 dead letter left after the replay"
+    );
+    assert_eq!(lines[1]["dry_run"], true);
+    assert!(!text.contains(TOKEN), "the token is never logged");
+}
