@@ -24,7 +24,7 @@
 //! use outbox_cli::api;
 //! use outbox_cli::env::{ProcessEnv, admin_token};
 //!
-//! let app = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
+//! let app: axum::Router = axum::Router::new().route("/", axum::routing::get(|| async { "hello" }));
 //! // Mounted only when OUTBOX_ADMIN_TOKEN is set.
 //! let app = api::mount(app, "/admin/outbox", db, admin_token(&ProcessEnv)?)?;
 //! # let _ = app; Ok(()) }
