@@ -190,6 +190,8 @@ pub trait RelayStore: Send + Sync {
 pub struct DeadLetterFilter {
     /// Only this topic.
     pub topic: Option<String>,
+    /// Only this Kafka key (the `event_key` column).
+    pub key: Option<String>,
     /// Only this event type.
     pub event_type: Option<String>,
     /// Only this aggregate type.

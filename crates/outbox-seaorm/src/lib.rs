@@ -40,4 +40,6 @@ pub mod migration;
 mod repository;
 
 pub use migration::{AddCommitHorizon, CreateEventOutbox, OutboxMigrator};
-pub use repository::{CLAIM, PgWake, PostgresOutbox, WAKE_CHANNEL, WAKE_SQL};
+pub use repository::{
+    CLAIM, PgWake, PostgresOutbox, WAKE_CHANNEL, WAKE_SQL, dead_letter_condition,
+};

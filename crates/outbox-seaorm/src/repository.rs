@@ -1033,11 +1033,16 @@ async fn horizon_holder(pool: &sqlx::PgPool) -> Result<Option<HorizonHolder>, sq
 }
 
 /// The SeaORM condition for a dead-letter filter.
-fn dead_letter_condition(filter: &DeadLetterFilter) -> sea_orm::Condition {
+/// The `WHERE` condition selecting the dead letters that match `filter` (every dead letter for
+/// the default filter), for queries of your own over [`entity`] such as counts and pages.
+pub fn dead_letter_condition(filter: &DeadLetterFilter) -> sea_orm::Condition {
     use entity::Column;
     let mut condition = sea_orm::Condition::all().add(Column::DeadLetteredAt.is_not_null());
     if let Some(topic) = &filter.topic {
         condition = condition.add(Column::Topic.eq(topic.as_str()));
+    }
+    if let Some(key) = &filter.key {
+        condition = condition.add(Column::EventKey.eq(key.as_str()));
     }
     if let Some(event_type) = &filter.event_type {
         condition = condition.add(Column::EventType.eq(event_type.as_str()));

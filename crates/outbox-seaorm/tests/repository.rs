@@ -574,6 +574,7 @@ async fn dead_letters_are_filtered_by_every_field_and_malformed_ones_are_listed(
     let now = chrono::Utc::now();
     let filter = DeadLetterFilter {
         topic: Some("orders".into()),
+        key: Some("o-2".into()),
         event_type: Some("Placed".into()),
         aggregate_type: Some("order".into()),
         aggregate_id: Some("o-2".into()),

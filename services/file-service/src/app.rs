@@ -42,6 +42,9 @@ pub enum ServiceError {
     /// The Batch Orchestrator client could not be built.
     #[error("orchestrator client error: {0}")]
     Orchestrator(#[from] reqwest::Error),
+    /// The outbox admin API could not be built.
+    #[error("outbox admin api error: {0}")]
+    Admin(#[from] outbox_cli::ops::OpsError),
     /// The listening socket failed.
     #[error("http server error: {0}")]
     Io(#[from] std::io::Error),
@@ -209,7 +212,15 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
     info!(port = config.http_port, address = %listener.local_addr()?, "file service listening");
     let processor = state.processor.clone();
     let relay = state.relay.clone();
-    axum::serve(listener, app(state))
+    let admin = config.admin_token.is_some();
+    let router = crate::admin::mount(
+        app(state.clone()),
+        "/admin/outbox",
+        state.db.clone(),
+        config.admin_token.clone(),
+    )?;
+    info!(admin_api = admin, "outbox admin API under /admin/outbox");
+    axum::serve(listener, router)
         .with_graceful_shutdown(shutdown_signal())
         .await?;
 

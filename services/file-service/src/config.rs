@@ -1,6 +1,5 @@
 //! Configuration from the environment, validated at start.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -9,31 +8,8 @@ use outbox_kafka::KafkaConfig;
 
 use crate::isolate::ExtractLimits;
 
-/// A variable that is missing or malformed.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("configuration error: {variable}: {problem}")]
-pub struct ConfigError {
-    /// The environment variable at fault.
-    pub variable: String,
-    /// What is wrong with it.
-    pub problem: String,
-}
-
-fn error(variable: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError {
-        variable: variable.to_owned(),
-        problem: problem.into(),
-    }
-}
-
-/// How logs are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// One JSON object per line (the default).
-    Json,
-    /// Human-readable lines.
-    Pretty,
-}
+pub use outbox_cli::env::{ConfigError, Env, LogFormat, ProcessEnv};
+use outbox_cli::env::{error, flag, millis, parse};
 
 /// Everything the service reads from its environment.
 #[derive(Debug, Clone)]
@@ -91,181 +67,15 @@ pub struct Config {
     pub relay: RelaySettings,
     /// `LOG_FORMAT`, `json` (default) or `pretty`.
     pub log_format: LogFormat,
-}
-
-/// Reads a value through a lookup function, so tests need not touch the process environment.
-pub trait Env {
-    /// The variable's value, if set.
-    fn get(&self, name: &str) -> Option<String>;
-    /// Every variable whose name starts with `prefix`.
-    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)>;
-}
-
-/// The process environment.
-#[derive(Debug, Default, Clone, Copy)]
-pub struct ProcessEnv;
-
-impl Env for ProcessEnv {
-    fn get(&self, name: &str) -> Option<String> {
-        std::env::var(name).ok()
-    }
-
-    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        std::env::vars()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .collect()
-    }
-}
-
-impl Env for BTreeMap<String, String> {
-    fn get(&self, name: &str) -> Option<String> {
-        BTreeMap::get(self, name).cloned()
-    }
-
-    fn with_prefix(&self, prefix: &str) -> Vec<(String, String)> {
-        self.iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| (k.clone(), v.clone()))
-            .collect()
-    }
-}
-
-fn parse<T: std::str::FromStr>(
-    env: &dyn Env,
-    name: &str,
-    what: &str,
-) -> Result<Option<T>, ConfigError> {
-    match env.get(name) {
-        None => Ok(None),
-        Some(raw) => raw
-            .trim()
-            .parse()
-            .map(Some)
-            .map_err(|_| error(name, format!("expected {what}, got `{raw}`"))),
-    }
-}
-
-fn flag(env: &dyn Env, name: &str) -> Result<bool, ConfigError> {
-    match env.get(name).as_deref().map(str::trim) {
-        None => Ok(false),
-        Some("1" | "true" | "TRUE" | "True" | "yes") => Ok(true),
-        Some("0" | "false" | "FALSE" | "False" | "no" | "") => Ok(false),
-        Some(other) => Err(error(
-            name,
-            format!("expected true or false, got `{other}`"),
-        )),
-    }
-}
-
-fn millis(env: &dyn Env, name: &str) -> Result<Option<Duration>, ConfigError> {
-    Ok(parse::<u64>(env, name, "a whole number of milliseconds")?.map(Duration::from_millis))
-}
-
-/// `KAFKA_PRODUCER_SECURITY_PROTOCOL=SSL` becomes `security.protocol=SSL`.
-fn producer_properties(env: &dyn Env) -> Vec<(String, String)> {
-    env.with_prefix("KAFKA_PRODUCER_")
-        .into_iter()
-        .map(|(name, value)| {
-            let property = name["KAFKA_PRODUCER_".len()..]
-                .to_ascii_lowercase()
-                .replace('_', ".");
-            (property, value)
-        })
-        .collect()
-}
-
-fn relay_settings(env: &dyn Env) -> Result<RelaySettings, ConfigError> {
-    let mut relay = RelaySettings::default();
-    if let Some(n) = parse::<usize>(env, "OUTBOX_BATCH_SIZE", "a whole number")? {
-        relay = relay.with_batch_size(n);
-    }
-    if let Some(n) = parse::<u32>(env, "OUTBOX_MAX_ATTEMPTS", "a whole number")? {
-        relay = relay.with_max_attempts(n);
-    }
-    type Setter = fn(RelaySettings, Duration) -> RelaySettings;
-    let durations: [(&str, Setter); 11] = [
-        ("OUTBOX_POLL_INTERVAL_MS", RelaySettings::with_poll_interval),
-        (
-            "OUTBOX_MIN_POLL_INTERVAL_MS",
-            RelaySettings::with_min_poll_interval,
-        ),
-        (
-            "OUTBOX_RETRY_BACKOFF_BASE_MS",
-            RelaySettings::with_retry_backoff_base,
-        ),
-        (
-            "OUTBOX_RETRY_BACKOFF_MAX_MS",
-            RelaySettings::with_retry_backoff_max,
-        ),
-        (
-            "OUTBOX_TRANSIENT_BACKOFF_BASE_MS",
-            RelaySettings::with_transient_backoff_base,
-        ),
-        (
-            "OUTBOX_TRANSIENT_BACKOFF_MAX_MS",
-            RelaySettings::with_transient_backoff_max,
-        ),
-        (
-            "OUTBOX_LEADER_RETRY_INTERVAL_MS",
-            RelaySettings::with_leader_retry_interval,
-        ),
-        (
-            "OUTBOX_STATS_INTERVAL_MS",
-            RelaySettings::with_stats_interval,
-        ),
-        (
-            "OUTBOX_HORIZON_WARN_AFTER_MS",
-            RelaySettings::with_horizon_warn_after,
-        ),
-        (
-            "OUTBOX_CLEANUP_INTERVAL_MS",
-            RelaySettings::with_cleanup_interval,
-        ),
-        (
-            "OUTBOX_SHUTDOWN_TIMEOUT_MS",
-            RelaySettings::with_shutdown_timeout,
-        ),
-    ];
-    for (name, set) in durations {
-        if let Some(value) = millis(env, name)? {
-            relay = set(relay, value);
-        }
-    }
-    if let Some(secs) = parse::<u64>(env, "OUTBOX_RETENTION_SECS", "a whole number of seconds")? {
-        relay = relay.with_retention((secs > 0).then(|| Duration::from_secs(secs)));
-    }
-    if let Some(n) = parse::<u64>(env, "OUTBOX_CLEANUP_BATCH_SIZE", "a whole number")? {
-        relay = relay.with_cleanup_batch_size(n);
-    }
-    relay
-        .validate()
-        .map_err(|e| error("OUTBOX_*", e.to_string()))?;
-    Ok(relay)
+    /// `OUTBOX_ADMIN_TOKEN`: the admin API's bearer token; unset, the API is not mounted.
+    pub admin_token: Option<outbox_cli::api::AdminToken>,
 }
 
 impl Config {
     /// Reads and validates the configuration; the first bad variable stops it with its name.
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
-        let database_url = env
-            .get("DATABASE_URL")
-            .filter(|v| !v.trim().is_empty())
-            .ok_or_else(|| error("DATABASE_URL", "required (a PostgreSQL URL)"))?;
-        if !(database_url.starts_with("postgres://") || database_url.starts_with("postgresql://")) {
-            return Err(error(
-                "DATABASE_URL",
-                "expected a postgres:// or postgresql:// URL",
-            ));
-        }
-        let bootstrap = env
-            .get("KAFKA_BOOTSTRAP_SERVERS")
-            .unwrap_or_else(|| "127.0.0.1:9092".into());
-        if bootstrap.trim().is_empty() {
-            return Err(error("KAFKA_BOOTSTRAP_SERVERS", "must not be empty"));
-        }
-        let mut kafka = KafkaConfig::new(bootstrap.trim());
-        for (property, value) in producer_properties(env) {
-            kafka = kafka.with_property(property, value);
-        }
+        let database_url = outbox_cli::env::database_url(env)?;
+        let kafka = outbox_cli::env::kafka_config(env)?;
         let http_port =
             parse::<u16>(env, "FILE_SERVICE_HTTP_PORT", "a port number (0-65535)")?.unwrap_or(7001);
         let max_file_bytes =
@@ -315,16 +125,7 @@ impl Config {
                 "may hold only a-z A-Z 0-9 . _ -",
             ));
         }
-        let log_format = match env.get("LOG_FORMAT").as_deref().map(str::trim) {
-            None | Some("json") => LogFormat::Json,
-            Some("pretty") => LogFormat::Pretty,
-            Some(other) => {
-                return Err(error(
-                    "LOG_FORMAT",
-                    format!("expected json or pretty, got `{other}`"),
-                ));
-            }
-        };
+        let log_format = outbox_cli::env::log_format(env)?;
         let at_least = |name: &str, value: u64, min: u64| {
             if value < min {
                 Err(error(name, format!("must be at least {min}")))
@@ -423,14 +224,17 @@ impl Config {
             processing_concurrency,
             topic_prefix,
             create_topics: flag(env, "FILE_SERVICE_CREATE_TOPICS")?,
-            relay: relay_settings(env)?,
+            relay: outbox_cli::env::relay_settings(env)?,
             log_format,
+            admin_token: outbox_cli::env::admin_token(env)?,
         })
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {

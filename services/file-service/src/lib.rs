@@ -15,7 +15,8 @@
 //! - [`db`]: the tables, their migration and the migrator that includes the outbox's;
 //! - [`module`]: the shaku module, with the outbox module as a submodule;
 //! - [`config`] and [`app`]: configuration from the environment, wiring, and `serve`;
-//! - [`admin`]: `file-service outbox ...`, the operator's commands for the outbox.
+//! - [`admin`]: `file-service outbox ...` and the admin API under `/admin/outbox`, both the
+//!   `outbox` binary's own implementation.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 pub mod access;

@@ -1,10 +1,11 @@
 //! `file-service`: `serve` (the default) runs the service; `migrate up|down|status` manages its
-//! database. Configuration comes from the environment (see the README of this crate).
+//! database; `outbox ...` runs the `outbox` binary's stats and dead-letter commands.
+//! Configuration comes from the environment (see the README of this crate).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use file_service::admin::OutboxCommand;
+use file_service::admin::{Exit, OutboxCommand};
 use file_service::config::{Config, LogFormat, ProcessEnv};
 use file_service::db::Migrator;
 use sea_orm_migration::MigratorTrait;
@@ -27,8 +28,12 @@ enum Command {
         #[arg(value_enum)]
         action: MigrateAction,
     },
-    /// Inspect the outbox and repair dead letters (prints JSON lines).
+    /// Inspect the outbox and list, show, replay or discard dead letters: the same commands,
+    /// output and exit codes as the `outbox` binary (`outbox --help`).
     Outbox {
+        /// Print one JSON document for scripts instead of a table.
+        #[arg(long, global = true)]
+        json: bool,
         /// What to do.
         #[command(subcommand)]
         command: OutboxCommand,
@@ -95,13 +100,21 @@ async fn migrate(config: &Config, action: MigrateAction) -> Result<(), Box<dyn s
     Ok(())
 }
 
-async fn outbox(
-    config: &Config,
-    command: &OutboxCommand,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let db = file_service::app::connect(config).await?;
-    file_service::admin::run(db, command, &mut std::io::stdout()).await?;
-    Ok(())
+async fn outbox(config: &Config, command: &OutboxCommand, json: bool) -> ExitCode {
+    let db = match file_service::app::connect(config).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("file-service: {e}");
+            return Exit::Failure.into();
+        }
+    };
+    match file_service::admin::run(db, command, json, &mut std::io::stdout()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("file-service: {e}");
+            Exit::of(&e).into()
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -142,13 +155,16 @@ async fn run(cli: Cli) -> ExitCode {
         }
     };
     init_logging(config.log_format);
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Outbox { json, command } = &command {
+        return outbox(&config, command, *json).await;
+    }
+    let result = match command {
         Command::Serve => file_service::app::serve(config)
             .await
             .map_err(|e| Box::new(e) as Box<dyn std::error::Error>),
         Command::Migrate { action } => migrate(&config, action).await,
-        Command::Outbox { command } => outbox(&config, &command).await,
-        Command::ExtractText { .. } => Ok(()),
+        Command::Outbox { .. } | Command::ExtractText { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -19,11 +19,9 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
-fn lines(output: &Output) -> Vec<serde_json::Value> {
-    stdout(output)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+fn json(output: &Output) -> serde_json::Value {
+    assert!(output.status.success(), "{output:?}");
+    serde_json::from_str(stdout(output).trim()).unwrap()
 }
 
 #[test]
@@ -78,14 +76,23 @@ async fn migrate_and_the_outbox_commands_work_on_a_real_database() {
     .await
     .unwrap();
 
-    let stats = lines(&run(Some(&url), &["outbox", "stats"]));
-    assert_eq!(stats[0]["pending"], 2);
-    assert_eq!(stats[0]["dead_lettered"], 4);
+    // The `outbox` binary's commands, embedded: same arguments, same JSON, same exit codes.
+    let stats = json(&run(Some(&url), &["outbox", "stats", "--json"]));
+    assert_eq!(stats["pending"], 2);
+    assert_eq!(stats["dead_lettered"], 4);
 
-    let listed = lines(&run(
+    let listed = json(&run(
         Some(&url),
-        &["outbox", "dead-letters", "--topic", "topic.1"],
+        &[
+            "outbox",
+            "--json",
+            "dead-letters",
+            "list",
+            "--topic",
+            "topic.1",
+        ],
     ));
+    let listed = listed["dead_letters"].as_array().unwrap();
     assert_eq!(listed.len(), 2);
     assert!(
         listed
@@ -93,28 +100,35 @@ async fn migrate_and_the_outbox_commands_work_on_a_real_database() {
             .all(|d| d["topic"] == "topic.1" && d["last_error"] == "too large")
     );
 
-    let replayed = lines(&run(Some(&url), &["outbox", "replay", "--id", "1"]));
-    assert_eq!(replayed[0]["replayed"], 1);
-    let discarded = lines(&run(
+    let replayed = json(&run(
         Some(&url),
-        &["outbox", "discard", "--all", "--event-type", "T0"],
+        &["outbox", "dead-letters", "replay", "--id", "1", "--json"],
     ));
+    assert_eq!(replayed["count"], 1);
+    let discarded = json(&run(
+        Some(&url),
+        &[
+            "outbox",
+            "dead-letters",
+            "discard",
+            "--all",
+            "--event-type",
+            "T0",
+            "--json",
+        ],
+    ));
+    assert_eq!(discarded["count"], 2, "ids 2 and 4 are T0 dead letters");
+    let stats = json(&run(Some(&url), &["outbox", "stats", "--json"]));
     assert_eq!(
-        discarded[0]["discarded"], 2,
-        "ids 2 and 4 are T0 dead letters"
-    );
-    let stats = lines(&run(Some(&url), &["outbox", "stats"]));
-    assert_eq!(
-        (
-            stats[0]["pending"].clone(),
-            stats[0]["dead_lettered"].clone()
-        ),
+        (stats["pending"].clone(), stats["dead_lettered"].clone()),
         (3.into(), 1.into())
     );
 
-    let nothing = run(Some(&url), &["outbox", "replay"]);
-    assert!(!nothing.status.success());
-    assert!(String::from_utf8_lossy(&nothing.stderr).contains("--id"));
+    let nothing = run(Some(&url), &["outbox", "dead-letters", "replay"]);
+    assert_eq!(nothing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&nothing.stderr).contains("by id"));
+    let missing = run(Some(&url), &["outbox", "dead-letters", "show", "1"]);
+    assert_eq!(missing.status.code(), Some(3), "row 1 was replayed");
 
     let down = run(Some(&url), &["migrate", "down"]);
     assert!(down.status.success());

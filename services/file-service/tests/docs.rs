@@ -171,6 +171,8 @@ async fn every_sql_statement_of_the_playbook_runs() {
     assert_eq!(row.try_get::<i32>("", "attempts").unwrap(), 0);
 }
 
+const ADMIN_TOKEN: &str = "playbook-admin-token-01";
+
 /// Shell commands of the playbook, one per line.
 fn commands(playbook: &str) -> Vec<String> {
     blocks(playbook, "sh")
@@ -199,6 +201,7 @@ async fn every_command_of_the_playbook_runs() {
             "FILE_SERVICE_TOPIC_PREFIX",
             outbox_test_harness::unique_name("pb") + ".",
         )
+        .env("OUTBOX_ADMIN_TOKEN", ADMIN_TOKEN)
         .env("RUST_LOG", "warn")
         .spawn()
         .unwrap();
@@ -209,6 +212,15 @@ async fn every_command_of_the_playbook_runs() {
     for line in &lines {
         let words: Vec<&str> = line.split_whitespace().collect();
         let output = match words[0] {
+            // The service embeds the `outbox` binary's commands (crate `outbox-cli`, whose own
+            // tests run these lines with that binary).
+            "outbox" => Command::new(env!("CARGO_BIN_EXE_file-service"))
+                .env_clear()
+                .env("DATABASE_URL", db.url())
+                .env("RUST_LOG", "warn")
+                .args(&words)
+                .output()
+                .unwrap(),
             "file-service" => Command::new(env!("CARGO_BIN_EXE_file-service"))
                 .env_clear()
                 .env("DATABASE_URL", db.url())
@@ -228,6 +240,19 @@ async fn every_command_of_the_playbook_runs() {
                     .args(args)
                     .output()
                     .unwrap()
+            }
+            "curl" if line.contains("/admin/outbox") => {
+                let output = Command::new("bash")
+                    .env("OUTBOX_ADMIN_TOKEN", ADMIN_TOKEN)
+                    .env("USER", "playbook-test")
+                    .arg("-c")
+                    .arg(line.replace(":7001", &format!(":{port}")))
+                    .output()
+                    .unwrap();
+                let body: serde_json::Value = serde_json::from_slice(&output.stdout)
+                    .unwrap_or_else(|e| panic!("`{line}` answered no JSON ({e}): {output:?}"));
+                assert!(body.get("error").is_none(), "`{line}`: {body}");
+                output
             }
             "curl" => {
                 let url = words[words.len() - 1].replace(":7001", &format!(":{port}"));
