@@ -15,6 +15,19 @@ use sea_orm::{ConnectionTrait, DbBackend, Statement};
 /// Whether `TCP_NODELAY` is on for this process's established TCP connection whose local port is
 /// `local_port` (IPv4 or IPv6). Fails when no such socket is open in this process.
 pub fn tcp_nodelay_of_local_port(local_port: u16) -> io::Result<bool> {
+    let socket = socket_of_local_port(local_port)?;
+    Ok(rustix::net::sockopt::tcp_nodelay(&socket)?)
+}
+
+/// Turns `TCP_NODELAY` on or off for this process's established TCP connection whose local port
+/// is `local_port`: the benchmark's `--nagle` uses it to show that its guard catches the stall.
+pub fn set_tcp_nodelay_of_local_port(local_port: u16, on: bool) -> io::Result<()> {
+    let socket = socket_of_local_port(local_port)?;
+    Ok(rustix::net::sockopt::set_tcp_nodelay(&socket, on)?)
+}
+
+/// A duplicate descriptor of this process's established TCP socket with local port `local_port`.
+fn socket_of_local_port(local_port: u16) -> io::Result<rustix::fd::OwnedFd> {
     let inode = established_socket_inode(local_port)?.ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::NotFound,
@@ -34,8 +47,7 @@ pub fn tcp_nodelay_of_local_port(local_port: u16) -> io::Result<bool> {
         let Some(fd) = entry.file_name().to_str().and_then(|n| n.parse().ok()) else {
             continue;
         };
-        let socket = pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty())?;
-        return Ok(rustix::net::sockopt::tcp_nodelay(&socket)?);
+        return Ok(pidfd_getfd(&pidfd, fd, PidfdGetfdFlags::empty())?);
     }
     Err(io::Error::new(
         io::ErrorKind::NotFound,
