@@ -111,7 +111,8 @@ pub(crate) struct Sizes {
     pub(crate) sweep_rounds: usize,
     /// Transactions per client per variant in one sweep round, at 1 and at 8 clients.
     pub(crate) sweep_per_block: [usize; 2],
-    /// Ids in one acknowledgement of the what-if, and its repetitions per variant.
+    /// Ids in one acknowledgement of the what-if, and its repetitions per variant (none: not
+    /// run).
     pub(crate) ack_ids: usize,
     pub(crate) ack_reps: usize,
     /// File sizes of the upload phase, in bytes.
@@ -150,13 +151,13 @@ impl Sizes {
                 write_rounds: 4,
                 write_per_block: [10, 2],
                 write_warmup: 2,
-                // What the guard compares, and the step it looks for.
-                sweep_payloads: vec![1, 16, 32],
+                // What the guard compares.
+                sweep_payloads: vec![1, 32],
                 sweep_clients: vec![1],
                 sweep_rounds: 8,
                 sweep_per_block: [4, 1],
                 ack_ids: 5_000,
-                ack_reps: 3,
+                ack_reps: 0,
                 upload_bytes: vec![1_000, 40_000],
                 upload_warmup: 1,
                 upload_rounds: 2,
