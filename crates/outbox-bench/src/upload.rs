@@ -189,8 +189,16 @@ pub(crate) async fn run(env: &Env, sizes: &Sizes) -> Result<Uploads> {
         sizes.upload_per_block,
         load_average()
     );
+    // Relative to the repository, so the report names no machine's folders.
+    let root = outbox_test_harness::repo_root();
+    let root = std::fs::canonicalize(&root).unwrap_or(root);
+    let shown = bin
+        .strip_prefix(&root)
+        .unwrap_or(&bin)
+        .display()
+        .to_string();
     let mut result = Uploads {
-        binary: bin.display().to_string(),
+        binary: shown,
         ..Uploads::default()
     };
     if !bin.is_file() {
