@@ -25,7 +25,8 @@ fi
 export DATABASE_URL="${DATABASE_URL:-postgres://outbox:outbox@127.0.0.1:5432/outbox}"
 export KAFKA_BOOTSTRAP_SERVERS="${KAFKA_BOOTSTRAP_SERVERS:-127.0.0.1:9092}"
 
-cargo build --release -p outbox-bench
+# The upload phase starts the release File Service binary built here, beside the benchmark's.
+cargo build --release -p outbox-bench -p file-service
 # The report records the command that produced it.
 export OUTBOX_BENCH_COMMAND="bash scripts/bench.sh${*:+ $*}"
 exec cargo run --release --quiet -p outbox-bench -- "$@"

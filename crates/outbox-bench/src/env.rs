@@ -204,6 +204,37 @@ impl Env {
         Ok(started.elapsed())
     }
 
+    /// Empties the outbox and fills it with `n` events of about `payload_bytes` each for the relay
+    /// topic, generated on the spot (not from `bench_seed`, whose events are 1 KiB), then
+    /// vacuums, analyses and checkpoints as [`Env::load_backlog`] does. Returns how long the
+    /// inserts took.
+    pub(crate) async fn load_padded_backlog(
+        &self,
+        n: u64,
+        payload_bytes: usize,
+    ) -> Result<Duration> {
+        self.truncate().await?;
+        let started = Instant::now();
+        let shape = Shape::with_payload(self.relay_topic.name(), payload_bytes);
+        // About 4 MiB per statement.
+        let chunk = (4 * 1024 * 1024 / payload_bytes.max(1)).clamp(1, 2_000) as u64;
+        let mut first = 0;
+        while first < n {
+            let mut cols = SeedColumns::default();
+            for seq in first..(first + chunk).min(n) {
+                cols.push(seq, shape.file_added(&Upload::new(seq, self.keys))?)?;
+            }
+            cols.insert_into_outbox(self.pool()).await?;
+            first += chunk;
+        }
+        let took = started.elapsed();
+        self.sql("VACUUM ANALYZE event_outbox").await?;
+        if let Err(e) = self.sql("CHECKPOINT").await {
+            println!("  (no CHECKPOINT after loading the backlog: {e})");
+        }
+        Ok(took)
+    }
+
     /// Rows left in the outbox.
     pub(crate) async fn outbox_rows(&self) -> Result<i64> {
         sqlx::query_scalar("SELECT count(*) FROM event_outbox")
@@ -300,6 +331,35 @@ impl SeedColumns {
     }
 }
 
+/// The seed columns straight into `event_outbox`, in `seq` order.
+const OUTBOX_INSERT: &str = "\
+INSERT INTO event_outbox
+    (event_id, aggregate_type, aggregate_id, event_type, topic, event_key, payload, headers)
+SELECT event_id, aggregate_type, aggregate_id, event_type, topic, event_key, payload, headers
+FROM unnest($1::bigint[], $2::uuid[], $3::text[], $4::text[], $5::text[], $6::text[],
+            $7::text[], $8::bytea[], $9::text[]::jsonb[])
+     AS t(seq, event_id, aggregate_type, aggregate_id, event_type, topic, event_key, payload, headers)
+ORDER BY seq";
+
+impl SeedColumns {
+    async fn insert_into_outbox(self, pool: &PgPool) -> Result<()> {
+        sqlx::query(OUTBOX_INSERT)
+            .bind(self.seq)
+            .bind(self.event_id)
+            .bind(self.aggregate_type)
+            .bind(self.aggregate_id)
+            .bind(self.event_type)
+            .bind(self.topic)
+            .bind(self.key)
+            .bind(self.payload)
+            .bind(self.headers)
+            .execute(pool)
+            .await
+            .context("inserting padded events")?;
+        Ok(())
+    }
+}
+
 /// One File Service upload: the business row every write variant inserts.
 #[derive(Debug, Clone)]
 pub(crate) struct Upload {
@@ -377,6 +437,22 @@ impl Shape {
         shape
     }
 
+    /// Events whose JSON envelope is about `payload_bytes` long, padded with essay-like text
+    /// (words in a pseudo-random order, which PostgreSQL's compression shrinks about as much as
+    /// it shrinks real prose, unlike a run of one letter).
+    pub(crate) fn with_payload(topic: &str, payload_bytes: usize) -> Self {
+        let mut shape = Self {
+            topic: topic.to_owned(),
+            padding: String::new(),
+        };
+        let unpadded = shape
+            .file_added(&Upload::new(0, 1000))
+            .map(|e| e.payload.len())
+            .unwrap_or(PAYLOAD_BYTES);
+        shape.padding = essay_text(payload_bytes.saturating_sub(unpadded), 1);
+        shape
+    }
+
     /// The event of `upload`, built the way a service builds it: an envelope with a traceparent,
     /// stored with key = batch id.
     pub(crate) fn file_added(&self, upload: &Upload) -> Result<NewOutboxEvent> {
@@ -400,6 +476,59 @@ impl Shape {
             .context("building the event")?
             .with_topic(&self.topic))
     }
+}
+
+/// An essay-like ASCII text of exactly `bytes` bytes: words in a pseudo-random order (seeded by
+/// `seed`), in sentences.
+pub(crate) fn essay_text(bytes: usize, seed: u64) -> String {
+    const WORDS: [&str; 32] = [
+        "the",
+        "student",
+        "argues",
+        "that",
+        "climate",
+        "policy",
+        "should",
+        "reflect",
+        "evidence",
+        "from",
+        "several",
+        "independent",
+        "studies",
+        "and",
+        "careful",
+        "reasoning",
+        "although",
+        "critics",
+        "suggest",
+        "otherwise",
+        "because",
+        "economic",
+        "growth",
+        "matters",
+        "to",
+        "communities",
+        "in",
+        "rural",
+        "regions",
+        "where",
+        "farmers",
+        "live",
+    ];
+    let mut text = String::with_capacity(bytes + 16);
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut words = 0;
+    while text.len() < bytes {
+        // xorshift64: cheap and deterministic.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        text.push_str(WORDS[(state % WORDS.len() as u64) as usize]);
+        words += 1;
+        text.push_str(if words % 14 == 0 { ". " } else { " " });
+    }
+    text.truncate(bytes);
+    text
 }
 
 /// The sum of the high watermarks of `topic`'s partitions: how many messages it holds.

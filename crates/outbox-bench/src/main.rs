@@ -8,8 +8,14 @@
 //! 1. **write overhead**: one business transaction without an event (B), with the outbox row
 //!    inserted by a hand-written statement (S), and through `OutboxWriter::add_event` (L), at 1 and
 //!    8 clients, interleaved;
+//!    1b. **event size**: S and L at payloads of 1 to 256 KiB, with the guard that fails the run
+//!    when `add_event` of 32 KiB takes 3 times as long as one of 1 KiB (Nagle's stall), and one
+//!    acknowledgement `DELETE` of many ids against chunks of 1,000;
+//!    1c. **the File Service's upload path**: `POST /v1/files/batch` of one text file of 1 to
+//!    100 KB to the `file-service` binary built beside this program;
 //! 2. **relay throughput**: a backlog drained by `EventRelayWorker` into Kafka (R), beside a raw
-//!    rdkafka producer (P) and the relay with a no-op publisher (D);
+//!    rdkafka producer (P) and the relay with a no-op publisher (D); and R with 16 and 64 KiB
+//!    events;
 //! 3. **commit-to-ack latency** at a steady offered load, with and without the in-process wake-up;
 //! 4. **scaling**: drain rate by backlog size, and peak memory.
 //!
@@ -21,6 +27,8 @@ mod latency;
 mod relay;
 mod report;
 mod stats;
+mod sweep;
+mod upload;
 mod write;
 
 use std::path::PathBuf;
@@ -49,23 +57,35 @@ impl<T, E: std::fmt::Display> Context<T> for std::result::Result<T, E> {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     Write,
+    Sweep,
+    Upload,
     Relay,
     Latency,
     Scaling,
 }
 
 impl Phase {
-    const ALL: [Phase; 4] = [Phase::Write, Phase::Relay, Phase::Latency, Phase::Scaling];
+    const ALL: [Phase; 6] = [
+        Phase::Write,
+        Phase::Sweep,
+        Phase::Upload,
+        Phase::Relay,
+        Phase::Latency,
+        Phase::Scaling,
+    ];
 
     fn parse(name: &str) -> Result<Self> {
         match name {
             "write" => Ok(Self::Write),
+            "sweep" => Ok(Self::Sweep),
+            "upload" => Ok(Self::Upload),
             "relay" => Ok(Self::Relay),
             "latency" => Ok(Self::Latency),
             "scaling" => Ok(Self::Scaling),
-            other => {
-                Err(format!("unknown phase `{other}` (write, relay, latency, scaling)").into())
-            }
+            other => Err(format!(
+                "unknown phase `{other}` (write, sweep, upload, relay, latency, scaling)"
+            )
+            .into()),
         }
     }
 }
@@ -74,12 +94,35 @@ impl Phase {
 #[derive(Debug, Clone)]
 pub(crate) struct Sizes {
     pub(crate) smoke: bool,
+    /// Turn `TCP_NODELAY` off on the run's pooled connections before the event-size sweep, to
+    /// show that the guard catches Nagle's stall.
+    pub(crate) nagle: bool,
     /// Interleaved rounds of B, S, L.
     pub(crate) write_rounds: usize,
     /// Transactions per client per variant in one round, at 1 and at 8 clients.
     pub(crate) write_per_block: [usize; 2],
     /// Warm-up transactions per client per variant.
     pub(crate) write_warmup: usize,
+    /// Event payloads of the size sweep, in KiB.
+    pub(crate) sweep_payloads: Vec<usize>,
+    /// Client counts of the size sweep.
+    pub(crate) sweep_clients: Vec<usize>,
+    /// Interleaved rounds of S and L per payload size.
+    pub(crate) sweep_rounds: usize,
+    /// Transactions per client per variant in one sweep round, at 1 and at 8 clients.
+    pub(crate) sweep_per_block: [usize; 2],
+    /// Ids in one acknowledgement of the what-if, and its repetitions per variant (none: not
+    /// run).
+    pub(crate) ack_ids: usize,
+    pub(crate) ack_reps: usize,
+    /// File sizes of the upload phase, in bytes.
+    pub(crate) upload_bytes: Vec<usize>,
+    /// Warm-up uploads per size, interleaved rounds, and uploads per size in one round.
+    pub(crate) upload_warmup: usize,
+    pub(crate) upload_rounds: usize,
+    pub(crate) upload_per_block: usize,
+    /// Payload bytes and backlog size of each large-event drain.
+    pub(crate) large_drains: Vec<(usize, u64)>,
     /// Backlog drained in the throughput phase.
     pub(crate) backlog: u64,
     pub(crate) batch_sizes: Vec<usize>,
@@ -104,9 +147,22 @@ impl Sizes {
         if smoke {
             return Self {
                 smoke,
+                nagle: false,
                 write_rounds: 4,
                 write_per_block: [10, 2],
                 write_warmup: 2,
+                // What the guard compares.
+                sweep_payloads: vec![1, 32],
+                sweep_clients: vec![1],
+                sweep_rounds: 8,
+                sweep_per_block: [4, 1],
+                ack_ids: 5_000,
+                ack_reps: 0,
+                upload_bytes: vec![1_000, 40_000],
+                upload_warmup: 1,
+                upload_rounds: 2,
+                upload_per_block: 3,
+                large_drains: vec![(16 * 1024, 100), (64 * 1024, 100)],
                 backlog: 2_000,
                 batch_sizes: vec![1000],
                 scaling: vec![1_000, 2_000],
@@ -122,9 +178,21 @@ impl Sizes {
         }
         Self {
             smoke,
+            nagle: false,
             write_rounds: 30,
             write_per_block: [150, 40],
             write_warmup: 30,
+            sweep_payloads: SWEEP_PAYLOADS_KIB.to_vec(),
+            sweep_clients: vec![1, 8],
+            sweep_rounds: 15,
+            sweep_per_block: [10, 2],
+            ack_ids: 5_000,
+            ack_reps: 15,
+            upload_bytes: UPLOAD_BYTES.to_vec(),
+            upload_warmup: 5,
+            upload_rounds: 6,
+            upload_per_block: 10,
+            large_drains: vec![(16 * 1024, 5_000), (64 * 1024, 2_000)],
             backlog: if large { 1_000_000 } else { 100_000 },
             // The default batch size first: the what-if runs use it.
             batch_sizes: vec![1000, 500, 2000],
@@ -145,6 +213,12 @@ impl Sizes {
     }
 }
 
+/// Event payloads of the size sweep, in KiB.
+const SWEEP_PAYLOADS_KIB: [usize; 6] = [1, 4, 16, 32, 64, 256];
+
+/// File sizes of the upload phase, in bytes.
+const UPLOAD_BYTES: [usize; 5] = [1_000, 10_000, 20_000, 40_000, 100_000];
+
 struct Args {
     sizes: Sizes,
     phases: Vec<Phase>,
@@ -152,11 +226,13 @@ struct Args {
 }
 
 const USAGE: &str = "\
-usage: outbox-bench [--smoke] [--large] [--backlog N] [--batch-sizes 500,1000] \
-[--latency-secs S] [--only write,relay,latency,scaling] [--out DIR]
+usage: outbox-bench [--smoke] [--large] [--nagle] [--backlog N] [--batch-sizes 500,1000] \
+[--latency-secs S] [--only write,sweep,upload,relay,latency,scaling] [--out DIR]
 
   --smoke         tiny sizes (well under a minute); writes to a temporary folder unless --out
   --large         1,000,000-event backlogs (throughput and scaling)
+  --nagle         turn TCP_NODELAY off on the run's database connections before the event-size
+                  sweep: shows that the guard fails the run when Nagle's stall returns
   --backlog N     events in the throughput phase's backlog
   --batch-sizes   relay batch sizes to try in the throughput phase
   --latency-secs  length of each commit-to-ack run
@@ -182,6 +258,7 @@ fn parse_args() -> Result<Args> {
         };
         match arg.as_str() {
             "--smoke" | "--large" => {}
+            "--nagle" => sizes.nagle = true,
             "--backlog" => {
                 sizes.backlog = value()?.parse().context("--backlog")?;
             }
@@ -245,6 +322,9 @@ async fn main() -> Result<()> {
     let mut results = report::Results::default();
 
     let mut phase_seconds = Vec::new();
+    // Time the event-size and upload phases took: the scaling phase's budget leaves it out, so
+    // its drains keep the time they had before those phases existed.
+    let mut outside_budget = Duration::ZERO;
     for phase in Phase::ALL {
         if !args.phases.contains(&phase) {
             continue;
@@ -252,7 +332,12 @@ async fn main() -> Result<()> {
         let phase_started = Instant::now();
         match phase {
             Phase::Write => results.write = write::run(&env, &args.sizes).await?,
-            Phase::Relay => results.relay = Some(relay::throughput(&env, &args.sizes).await?),
+            Phase::Sweep => results.sweep = Some(sweep::run(&env, &args.sizes).await?),
+            Phase::Upload => results.uploads = Some(upload::run(&env, &args.sizes).await?),
+            Phase::Relay => {
+                results.relay = Some(relay::throughput(&env, &args.sizes).await?);
+                results.large_drains = relay::large_events(&env, &args.sizes).await?;
+            }
             Phase::Latency => {
                 let half_r = results.relay.as_ref().and_then(|r| {
                     r.relay_rate_at(outbox_core::RelaySettings::default().batch_size)
@@ -260,10 +345,14 @@ async fn main() -> Result<()> {
                 results.latency = latency::run(&env, &args.sizes, half_r.map(|r| r / 2.0)).await?;
             }
             Phase::Scaling => {
-                results.scaling = Some(relay::scaling(&env, &args.sizes, started).await?)
+                let budget_start = started.checked_add(outside_budget).unwrap_or(started);
+                results.scaling = Some(relay::scaling(&env, &args.sizes, budget_start).await?)
             }
         }
         let took = phase_started.elapsed();
+        if matches!(phase, Phase::Sweep | Phase::Upload) {
+            outside_budget += took;
+        }
         println!("  ({phase:?} phase took {:.1} s)", took.as_secs_f64());
         phase_seconds.push((phase, took));
     }
@@ -281,6 +370,16 @@ async fn main() -> Result<()> {
     }
     drop(env);
     println!("done in {:.0} s", started.elapsed().as_secs_f64());
+    // The guard against Nagle's stall, after the report is written so a failing run keeps it.
+    if let Some(sweep) = &results.sweep {
+        match sweep::guard(sweep) {
+            Ok(message) => println!("{message}: ok"),
+            Err(e) => {
+                eprintln!("{e}");
+                std::process::exit(1);
+            }
+        }
+    }
     Ok(())
 }
 

@@ -607,6 +607,28 @@ async fn drain(
     max_time: Option<Duration>,
 ) -> Result<Drain> {
     let copy = env.load_backlog(events).await?;
+    drain_loaded(
+        env,
+        sink,
+        events,
+        batch_size,
+        explain_midway,
+        max_time,
+        copy,
+    )
+    .await
+}
+
+/// Drains the backlog of `events` already in the outbox (loaded in `copy`).
+async fn drain_loaded(
+    env: &Env,
+    sink: Sink,
+    events: u64,
+    batch_size: usize,
+    explain_midway: bool,
+    max_time: Option<Duration>,
+    copy: Duration,
+) -> Result<Drain> {
     let probe = Probe::new(events);
     let outbox = Arc::new(PostgresOutbox::new(env.conn.clone()).context("repository")?);
     let store = TimedStore::new(outbox, probe.clone());
@@ -1193,4 +1215,61 @@ pub(crate) async fn scaling(env: &Env, sizes: &Sizes, run_started: Instant) -> R
     }
     env.truncate().await?;
     Ok(scaling)
+}
+
+/// The relay draining a backlog of large events into Kafka.
+#[derive(Debug, Clone)]
+pub(crate) struct LargeDrain {
+    pub(crate) payload_bytes: usize,
+    pub(crate) drain: Drain,
+}
+
+impl LargeDrain {
+    /// Payload megabytes (MiB) per second.
+    pub(crate) fn mib_per_second(&self) -> f64 {
+        self.drain.rate * self.payload_bytes as f64 / (1024.0 * 1024.0)
+    }
+
+    pub(crate) fn to_json(&self) -> Value {
+        json!({
+            "payload_bytes": self.payload_bytes,
+            "payload_mib_per_second": round3(self.mib_per_second()),
+            "drain": self.drain.to_json(),
+        })
+    }
+}
+
+/// The relay (R, Kafka, default settings) draining backlogs of 16 KiB and 64 KiB events.
+pub(crate) async fn large_events(env: &Env, sizes: &Sizes) -> Result<Vec<LargeDrain>> {
+    println!(
+        "\n== 2b. relay drain of large events (default batch size; load {})",
+        load_average()
+    );
+    let batch_size = RelaySettings::default().batch_size;
+    let mut runs = Vec::new();
+    for &(payload_bytes, events) in &sizes.large_drains {
+        let copy = env.load_padded_backlog(events, payload_bytes).await?;
+        let drain = drain_loaded(
+            env,
+            Sink::Kafka(None),
+            events,
+            batch_size,
+            false,
+            None,
+            copy,
+        )
+        .await?;
+        let run = LargeDrain {
+            payload_bytes,
+            drain,
+        };
+        print_drain(
+            &format!("R, {} KiB events", payload_bytes / 1024),
+            &run.drain,
+        );
+        println!("    = {:.1} MiB/s of payload", run.mib_per_second());
+        runs.push(run);
+    }
+    env.truncate().await?;
+    Ok(runs)
 }

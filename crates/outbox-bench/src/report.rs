@@ -9,7 +9,9 @@ use serde_json::{Value, json};
 
 use crate::env::{Machine, PAYLOAD_BYTES, RAW_BYTES};
 use crate::latency::LatencyRun;
-use crate::relay::{Drain, Explain, RelayResults, Scaling};
+use crate::relay::{Drain, Explain, LargeDrain, RelayResults, Scaling};
+use crate::sweep::{GUARD_RATIO, Sweep};
+use crate::upload::Uploads;
 use crate::write::{Variant, WriteResult};
 use crate::{Context, Phase, Result, Sizes};
 
@@ -17,7 +19,10 @@ use crate::{Context, Phase, Result, Sizes};
 #[derive(Debug, Default)]
 pub(crate) struct Results {
     pub(crate) write: Vec<WriteResult>,
+    pub(crate) sweep: Option<Sweep>,
+    pub(crate) uploads: Option<Uploads>,
     pub(crate) relay: Option<RelayResults>,
+    pub(crate) large_drains: Vec<LargeDrain>,
     pub(crate) latency: Vec<LatencyRun>,
     pub(crate) scaling: Option<Scaling>,
 }
@@ -111,6 +116,48 @@ fn targets(results: &Results) -> Vec<Target> {
             met: Some(p50 <= 0.25 && p99 <= 1.0),
         });
     }
+    let sweep = results.sweep.as_ref();
+    for variant in [Variant::S, Variant::L] {
+        let steps: Vec<(usize, f64)> = crate::write::CLIENTS
+            .iter()
+            .filter_map(|&c| Some((c, sweep?.step(variant, c, 16, 32)?)))
+            .collect();
+        targets.push(Target {
+            name: if variant == Variant::S {
+                "no step from 16 to 32 KiB events, S"
+            } else {
+                "no step from 16 to 32 KiB events, L"
+            },
+            goal: "p50 at 32 KiB <= 1.5 x p50 at 16 KiB (1 and 8 clients)",
+            measured: if steps.is_empty() {
+                "-".into()
+            } else {
+                steps
+                    .iter()
+                    .map(|(c, r)| format!("{r:.3} ({c} client{})", if *c == 1 { "" } else { "s" }))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            },
+            met: (!steps.is_empty()).then(|| steps.iter().all(|(_, r)| *r <= 1.5)),
+        });
+    }
+    let guard = sweep.and_then(Sweep::guard_ratio);
+    targets.push(Target {
+        name: "TCP_NODELAY guard (fails the run)",
+        goal: "add_event p50 at 32 KiB < 3 x at 1 KiB, 1 client",
+        measured: guard.map_or("-".into(), |r| format!("{r:.3}")),
+        met: guard.map(|r| r < GUARD_RATIO),
+    });
+    let uploads = results.uploads.as_ref().filter(|u| u.skipped.is_none());
+    let upload_step = uploads.and_then(|u| Some((u.p50(40_000)?, u.p50(1_000)?)));
+    targets.push(Target {
+        name: "File Service upload, 40 KB vs 1 KB",
+        goal: "p50 at 40 KB <= 1.5 x p50 at 1 KB",
+        measured: upload_step.map_or("-".into(), |(l, s)| {
+            format!("{:.3} ({l:.3} ms vs {s:.3} ms)", l / s)
+        }),
+        met: upload_step.map(|(l, s)| l / s <= 1.5),
+    });
     let half = results
         .latency
         .iter()
@@ -165,6 +212,17 @@ fn sizes_json(sizes: &Sizes) -> Value {
         "partitions": sizes.partitions,
         "payload_bytes": PAYLOAD_BYTES,
         "upload_raw_bytes": RAW_BYTES,
+        "sweep_payloads_kib": sizes.sweep_payloads,
+        "sweep_clients": sizes.sweep_clients,
+        "tcp_nodelay_turned_off_by_nagle_option": sizes.nagle,
+        "sweep_rounds": sizes.sweep_rounds,
+        "sweep_per_client_per_round": {"1": sizes.sweep_per_block[0], "8": sizes.sweep_per_block[1]},
+        "acknowledge_ids": sizes.ack_ids,
+        "acknowledge_repetitions": sizes.ack_reps,
+        "upload_file_bytes": sizes.upload_bytes,
+        "upload_rounds": sizes.upload_rounds,
+        "upload_per_size_per_round": sizes.upload_per_block,
+        "large_drains": sizes.large_drains.iter().map(|(b, n)| json!({"payload_bytes": b, "events": n})).collect::<Vec<_>>(),
     })
 }
 
@@ -182,7 +240,10 @@ fn to_json(machine: &Machine, run: &Run, results: &Results) -> Value {
         "load_average_at_end": crate::env::load_average(),
         "sizes": sizes_json(&run.sizes),
         "write": results.write.iter().map(WriteResult::to_json).collect::<Vec<_>>(),
+        "event_size_sweep": results.sweep.as_ref().map(Sweep::to_json),
+        "file_service_uploads": results.uploads.as_ref().map(Uploads::to_json),
         "relay": results.relay.as_ref().map(RelayResults::to_json),
+        "relay_large_events": results.large_drains.iter().map(LargeDrain::to_json).collect::<Vec<_>>(),
         "latency": results.latency.iter().map(LatencyRun::to_json).collect::<Vec<_>>(),
         "scaling": results.scaling.as_ref().map(Scaling::to_json),
         "targets": targets(results).iter().map(|t| json!({
@@ -398,6 +459,13 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
         }
     }
 
+    if let Some(sweep) = &results.sweep {
+        sweep_markdown(&mut out, s, sweep);
+    }
+    if let Some(uploads) = &results.uploads {
+        uploads_markdown(&mut out, s, uploads);
+    }
+
     if let Some(relay) = &results.relay {
         let _ = writeln!(out, "\n## 2. Relay throughput\n");
         let _ = writeln!(
@@ -503,6 +571,34 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
                     keyset,
                 );
             }
+        }
+    }
+
+    if !results.large_drains.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n### Large events\n\nR (the relay into Kafka, default settings, batch {}) draining \
+             backlogs of larger events: the same envelope padded with essay-like text, generated into `event_outbox`, vacuumed, analysed and checkpointed before the drain.\n\n\
+             | payload | events | events/s | payload MiB/s | claim ms p50 / p99 | publish ms p50 / p99 | ack ms p50 / p99 | verified |\n|---|---|---|---|---|---|---|---|",
+            outbox_core::RelaySettings::default().batch_size
+        );
+        for l in &results.large_drains {
+            let b = &l.drain.breakdown;
+            let _ = writeln!(
+                out,
+                "| {} KiB | {} | {:.0} | {:.1} | {:.2} / {:.2} | {:.2} / {:.2} | {:.2} / {:.2} | {} |",
+                l.payload_bytes / 1024,
+                l.drain.events,
+                l.drain.rate,
+                l.mib_per_second(),
+                b.claim.p50,
+                b.claim.p99,
+                b.publish.p50,
+                b.publish.p99,
+                b.ack.p50,
+                b.ack.p99,
+                l.drain.verified
+            );
         }
     }
 
@@ -650,4 +746,112 @@ pub(crate) fn write(
     std::fs::write(&md_path, to_markdown(machine, run, results))
         .context(format!("writing {}", md_path.display()))?;
     Ok(vec![json_path, md_path])
+}
+
+fn sweep_markdown(out: &mut String, s: &Sizes, sweep: &Sweep) {
+    let _ = writeln!(
+        out,
+        "\n## 1b. Event size\n\nThe transaction of section 1 with S and L at larger events: the \
+         same envelope padded with essay-like text (words in a pseudo-random order) to {} KiB. {} interleaved rounds \
+         (every size and variant in each round, in a rotating order) of {} (1 client) and {} × 8 (8 clients) transactions per variant and \
+         size, after a warm-up. A database socket with Nagle's algorithm on (`TCP_NODELAY` off) \
+         makes every statement over about 16 KiB wait ~40 ms for the server's delayed ACK: that \
+         would show as a step between 16 and 32 KiB. The run fails when L's p50 at 32 KiB is {} \
+         times its p50 at 1 KiB or more (1 client).\n",
+        s.sweep_payloads
+            .iter()
+            .map(|k| k.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.sweep_rounds,
+        s.sweep_per_block[0],
+        s.sweep_per_block[1],
+        GUARD_RATIO
+    );
+    if s.nagle {
+        let _ = writeln!(
+            out,
+            "**This run turned `TCP_NODELAY` off on its pooled connections (`--nagle`) to show \
+             the stall; its numbers are not the library's.**\n"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "| clients | payload KiB | S p50 ms | S p99 ms | L p50 ms | L p99 ms | L/S p50 | S p50 / S p50 at 1 KiB | L p50 / L p50 at 1 KiB | transactions per variant |\n|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for p in &sweep.points {
+        let base = sweep.point(1, p.clients);
+        let rel = |v: Variant| {
+            base.map_or("-".into(), |b| {
+                format!("{:.3}", p.get(v).p50 / b.get(v).p50)
+            })
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.3} | {:.3} | {} | {} | {} |",
+            p.clients,
+            p.payload_kib,
+            p.s.p50,
+            p.s.p99,
+            p.l.p50,
+            p.l.p99,
+            p.l.p50 / p.s.p50,
+            rel(Variant::S),
+            rel(Variant::L),
+            p.l.count
+        );
+    }
+    if let Some(ack) = &sweep.ack {
+        let _ = writeln!(
+            out,
+            "\nAcknowledging {} ids on one pooled connection (`DELETE FROM event_outbox WHERE id = \
+             ANY($1)`, the relay's statement), alternately as one statement (~{} KiB of \
+             parameters) and as chunks of 1,000 ids (what `PostgresOutbox::acknowledge` does), {} \
+             times each after a warm-up: one statement p50 {:.3} ms (p99 {:.3}), chunks p50 \
+             {:.3} ms (p99 {:.3}); one/chunked p50 = **{:.3}**.",
+            ack.ids,
+            ack.ids * 12 / 1024,
+            ack.one_statement.count,
+            ack.one_statement.p50,
+            ack.one_statement.p99,
+            ack.chunked.p50,
+            ack.chunked.p99,
+            ack.ratio()
+        );
+    }
+}
+
+fn uploads_markdown(out: &mut String, s: &Sizes, uploads: &Uploads) {
+    let _ = writeln!(out, "\n## 1c. File Service upload path\n");
+    if let Some(why) = &uploads.skipped {
+        let _ = writeln!(out, "Not measured: {why}.");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "`POST /v1/files/batch` with one text file (an essay-like ASCII text) to the \
+         `file-service` binary (`{}`), started on a database and topics of its own with its \
+         default settings; one request at a time, timed from sending it to reading the whole 202 \
+         response. {} interleaved rounds of {} uploads per size, after {} warm-up uploads per \
+         size. Each upload stores the file's bytes and its row with an event in one transaction; \
+         the service also extracts the text and relays the events meanwhile.\n",
+        uploads.binary, s.upload_rounds, s.upload_per_block, s.upload_warmup
+    );
+    let _ = writeln!(
+        out,
+        "| file KB | p50 ms | p99 ms | p50 / p50 at {} KB | uploads |\n|---|---|---|---|---|",
+        uploads.points.first().map_or(0, |p| p.bytes / 1000)
+    );
+    let first = uploads.points.first().map(|p| p.latency.p50);
+    for p in &uploads.points {
+        let _ = writeln!(
+            out,
+            "| {} | {:.3} | {:.3} | {} | {} |",
+            p.bytes / 1000,
+            p.latency.p50,
+            p.latency.p99,
+            first.map_or("-".into(), |f| format!("{:.3}", p.latency.p50 / f)),
+            p.latency.count
+        );
+    }
 }

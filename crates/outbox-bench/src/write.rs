@@ -33,7 +33,7 @@ const INSERT_EVENT: &str = "INSERT INTO event_outbox \
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// Client counts measured.
-const CLIENTS: [usize; 2] = [1, 8];
+pub(crate) const CLIENTS: [usize; 2] = [1, 8];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Variant {
@@ -117,7 +117,7 @@ impl WriteResult {
     }
 }
 
-struct Writer {
+pub(crate) struct Writer {
     env_conn: sea_orm::DatabaseConnection,
     outbox: PostgresOutbox,
     shape: Shape,
@@ -127,6 +127,18 @@ struct Writer {
 }
 
 impl Writer {
+    /// A writer on the run's pool whose events are built by `shape`.
+    pub(crate) fn new(env: &Env, shape: Shape) -> Result<Self> {
+        Ok(Self {
+            env_conn: env.conn.clone(),
+            outbox: PostgresOutbox::new(env.conn.clone()).context("repository")?,
+            shape,
+            raw: (0..RAW_BYTES).map(|i| (i * 31 % 251) as u8).collect(),
+            keys: env.keys,
+            seq: AtomicU64::new(0),
+        })
+    }
+
     /// One upload transaction of `variant`, timed from before `BEGIN` to after `COMMIT`.
     async fn transaction(&self, variant: Variant) -> Result<Duration> {
         let upload = Upload::new(self.seq.fetch_add(1, Ordering::Relaxed), self.keys);
@@ -178,7 +190,7 @@ impl Writer {
 
 /// `clients` tasks running `per_client` transactions of `variant` each. Returns the latencies and
 /// the wall time of the whole block.
-async fn block(
+pub(crate) async fn block(
     writer: &Arc<Writer>,
     variant: Variant,
     clients: usize,
@@ -207,14 +219,7 @@ async fn block(
 /// Runs phase 1 at 1 and 8 clients.
 pub(crate) async fn run(env: &Env, sizes: &Sizes) -> Result<Vec<WriteResult>> {
     println!("\n== 1. write overhead (B: no event, S: hand-written insert, L: add_event)");
-    let writer = Arc::new(Writer {
-        env_conn: env.conn.clone(),
-        outbox: PostgresOutbox::new(env.conn.clone()).context("repository")?,
-        shape: Shape::new(env.relay_topic.name()),
-        raw: (0..RAW_BYTES).map(|i| (i * 31 % 251) as u8).collect(),
-        keys: env.keys,
-        seq: AtomicU64::new(0),
-    });
+    let writer = Arc::new(Writer::new(env, Shape::new(env.relay_topic.name()))?);
     let mut results = Vec::new();
     for (index, &clients) in CLIENTS.iter().enumerate() {
         env.truncate().await?;

@@ -29,6 +29,7 @@
 mod kafka;
 mod node;
 mod postgres;
+mod socket;
 
 #[cfg(feature = "testcontainers")]
 mod containers;
@@ -38,6 +39,10 @@ use std::path::PathBuf;
 pub use kafka::{Received, TestTopic, consume, consume_until_quiet, create_topic, wait_for_broker};
 pub use node::{KafkaNode, PostgresNode};
 pub use postgres::TestDatabase;
+pub use socket::{
+    session_client_port, session_tcp_nodelay, set_tcp_nodelay_of_local_port,
+    tcp_nodelay_of_local_port,
+};
 
 /// The database URL used when `DATABASE_URL` is unset: the server `scripts/services.sh` starts.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://outbox:outbox@127.0.0.1:5432/outbox";
