@@ -214,7 +214,7 @@ down() {
 compose() {
   OUTBOX_POSTGRES_IMAGE="$POSTGRES_IMAGE" OUTBOX_KAFKA_IMAGE="$KAFKA_IMAGE" \
     OUTBOX_BASE_IMAGE="$BASE_IMAGE" FILE_SERVICE_BUILD_TARGET=prebuilt \
-    podman-compose -f "$ROOT/compose.yaml" "$@"
+    podman-compose -p rust-outbox -f "$ROOT/compose.yaml" "$@"
 }
 
 healthy() { podman healthcheck run "$1" >/dev/null 2>&1; }
