@@ -160,16 +160,14 @@ fn session() -> &'static str {
     static SESSION: OnceLock<String> = OnceLock::new();
     SESSION.get_or_init(|| {
         let session = crate::unique_name("session");
-        let cli = ["docker", "podman"]
-            .into_iter()
-            .find(|cli| {
-                Command::new(cli)
-                    .arg("--version")
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            });
+        let cli = ["docker", "podman"].into_iter().find(|cli| {
+            Command::new(cli)
+                .arg("--version")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
         match cli {
             Some(cli) => {
                 let script = format!(
@@ -419,7 +417,10 @@ mod tests {
             ("localhost:5000/pg".to_owned(), "latest".to_owned())
         );
         assert_eq!(
-            image_name("OUTBOX_TEST_UNSET_IMAGE_VARIABLE", "localhost/outbox-postgres:15"),
+            image_name(
+                "OUTBOX_TEST_UNSET_IMAGE_VARIABLE",
+                "localhost/outbox-postgres:15"
+            ),
             ("localhost/outbox-postgres".to_owned(), "15".to_owned())
         );
     }

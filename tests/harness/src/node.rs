@@ -56,7 +56,7 @@ pub struct KafkaNode {
 enum KafkaInner {
     Process(ProcessKafka),
     #[cfg(feature = "testcontainers")]
-    Container(crate::containers::ContainerKafka),
+    Container(Box<crate::containers::ContainerKafka>),
 }
 
 impl KafkaNode {
@@ -65,7 +65,9 @@ impl KafkaNode {
         #[cfg(feature = "testcontainers")]
         if crate::containers_requested() {
             return Self {
-                inner: KafkaInner::Container(crate::containers::ContainerKafka::start().await),
+                inner: KafkaInner::Container(Box::new(
+                    crate::containers::ContainerKafka::start().await,
+                )),
             };
         }
         #[cfg(not(feature = "testcontainers"))]
@@ -137,7 +139,6 @@ struct ProcessKafka {
 }
 
 impl ProcessKafka {
-
     fn script(&self) -> Command {
         let mut command = Command::new("bash");
         command
@@ -194,7 +195,7 @@ pub struct PostgresNode {
 enum PostgresInner {
     Process(ProcessPostgres),
     #[cfg(feature = "testcontainers")]
-    Container(crate::containers::ContainerPostgres),
+    Container(Box<crate::containers::ContainerPostgres>),
 }
 
 impl PostgresNode {
@@ -203,9 +204,9 @@ impl PostgresNode {
         #[cfg(feature = "testcontainers")]
         if crate::containers_requested() {
             return Self {
-                inner: PostgresInner::Container(
+                inner: PostgresInner::Container(Box::new(
                     crate::containers::ContainerPostgres::start().await,
-                ),
+                )),
             };
         }
         #[cfg(not(feature = "testcontainers"))]
@@ -345,7 +346,6 @@ impl ProcessPostgres {
             .args(["-w", "-t", "60", "stop"]);
         run_async("stopping a private PostgreSQL", command).await;
     }
-
 }
 
 impl Drop for ProcessPostgres {
