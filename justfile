@@ -31,6 +31,20 @@ test:
 test-integration *args:
     scripts/test.sh {{args}}
 
+# Every test with PostgreSQL and Kafka in containers started by testcontainers (Docker when a
+# daemon answers, else podman and locally built images: scripts/containers.sh).
+test-containers *args:
+    scripts/test-containers.sh {{args}}
+
+# The compose stack (PostgreSQL, Kafka, File Service) on podman-compose with local images; with
+# Docker, `docker compose up -d --build --wait` instead.
+compose-up:
+    scripts/containers.sh compose-up
+
+# Stop and remove the compose stack.
+compose-down:
+    scripts/containers.sh compose-down
+
 # Formatting, lints, docs and alert rules, as CI checks them.
 lint:
     cargo fmt --all -- --check

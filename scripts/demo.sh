@@ -6,10 +6,24 @@
 #
 # Every request of a run carries the same X-Correlation-ID, and only events with it are printed,
 # so earlier runs do not clutter the output.
+#
+#   scripts/demo.sh --compose   the uploads only, against the compose stack (compose.yaml: the
+#                               service on 127.0.0.1:7001, Kafka on 127.0.0.1:19092), which it
+#                               leaves running
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
+if [ "${1:-}" = "--compose" ]; then
+  COMPOSE=1
+  PORT="${FILE_SERVICE_HTTP_PORT:-7001}"
+  KAFKA_PORT="${OUTBOX_COMPOSE_KAFKA_PORT:-19092}"
+  curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null ||
+    { echo "demo: no File Service on 127.0.0.1:$PORT (docker compose up -d --build --wait)" >&2; exit 1; }
+  echo "demo: the compose stack's File Service answers on port $PORT"
+else
+COMPOSE=""
+KAFKA_PORT=9092
 scripts/services.sh up
 echo "demo: building the File Service"
 cargo build -q -p file-service
@@ -39,6 +53,7 @@ for _ in $(seq 1 120); do
 done
 curl -fsS "http://127.0.0.1:$PORT/healthz" >/dev/null || { tail -n 30 "$LOG"; exit 1; }
 echo "demo: the File Service answers on port $PORT (log: $LOG)"
+fi
 
 CORRELATION="$(python3 -c 'import uuid; print(uuid.uuid4())')"
 BATCH="demo-batch-$(date +%s)"
@@ -77,7 +92,7 @@ for TOPIC in huleedu.file.batch.file.added.v1 huleedu.file.essay.content.provisi
              huleedu.file.essay.validation.failed.v1 huleedu.file.batch.file.removed.v1; do
   echo
   echo "=== $TOPIC"
-  scripts/kafka-node.sh consume 9092 "$TOPIC" 3 | grep -F "$CORRELATION" |
+  scripts/kafka-node.sh consume "$KAFKA_PORT" "$TOPIC" 3 | grep -F "$CORRELATION" |
     python3 -c 'import json,sys
 for line in sys.stdin:
     headers, key, value = line.rstrip("\n").split(" | ", 2)
@@ -87,6 +102,7 @@ for line in sys.stdin:
     print("key={}  event_id={}  {}  {}".format(key, envelope["event_id"], data["event"], detail))'
 done
 
+[ -z "$COMPOSE" ] || exit 0
 echo
 echo "demo: stopping the File Service with SIGTERM"
 kill -TERM $SERVICE

@@ -13,6 +13,13 @@
 //! `scripts/services.sh up` starts the shared services at the default addresses
 //! ([`DEFAULT_DATABASE_URL`], [`DEFAULT_KAFKA_BOOTSTRAP_SERVERS`]).
 //!
+//! With `OUTBOX_TEST_BACKEND=containers` (and the default `testcontainers` feature), testcontainers
+//! starts a PostgreSQL and a Kafka container instead, shared by the tests of one test binary and
+//! removed when it exits; the private nodes of fault tests are then containers too, stopped and
+//! started through the container engine. Images: `OUTBOX_POSTGRES_IMAGE` and `OUTBOX_KAFKA_IMAGE`
+//! (defaults `postgres:15` and `apache/kafka:4.1.1`). Containers that were asked for and cannot
+//! start fail the test; nothing falls back to the host's services.
+//!
 //! ```no_run
 //! # async fn demo() {
 //! use outbox_test_harness::{TestDatabase, TestTopic, consume};
@@ -44,6 +51,9 @@ pub use socket::{
     tcp_nodelay_of_local_port,
 };
 
+#[cfg(feature = "testcontainers")]
+pub use containers::{DEFAULT_KAFKA_IMAGE, DEFAULT_POSTGRES_IMAGE};
+
 /// The database URL used when `DATABASE_URL` is unset: the server `scripts/services.sh` starts.
 pub const DEFAULT_DATABASE_URL: &str = "postgres://outbox:outbox@127.0.0.1:5432/outbox";
 
@@ -51,31 +61,72 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://outbox:outbox@127.0.0.1:5432/
 /// starts.
 pub const DEFAULT_KAFKA_BOOTSTRAP_SERVERS: &str = "127.0.0.1:9092";
 
-/// The PostgreSQL server tests create their databases on: `DATABASE_URL`, else (with the
-/// `testcontainers` feature and a reachable Docker daemon) a container, else
-/// [`DEFAULT_DATABASE_URL`].
+/// The PostgreSQL server tests create their databases on: with `OUTBOX_TEST_BACKEND=containers`,
+/// a container shared by the test binary (see the `testcontainers` feature); else `DATABASE_URL`,
+/// else [`DEFAULT_DATABASE_URL`].
+///
+/// # Panics
+///
+/// When containers were asked for and cannot start (there is no fallback to the host's services).
 pub async fn database_url() -> String {
+    if containers_requested() {
+        return shared_containers().await.database_url.clone();
+    }
     if let Ok(url) = std::env::var("DATABASE_URL") {
         return url;
-    }
-    #[cfg(feature = "testcontainers")]
-    if let Some(services) = containers::services().await {
-        return services.database_url.clone();
     }
     DEFAULT_DATABASE_URL.to_owned()
 }
 
-/// The Kafka brokers tests use: `KAFKA_BOOTSTRAP_SERVERS`, else (with the `testcontainers` feature
-/// and a reachable Docker daemon) a container, else [`DEFAULT_KAFKA_BOOTSTRAP_SERVERS`].
+/// The Kafka brokers tests use: with `OUTBOX_TEST_BACKEND=containers`, a container shared by the
+/// test binary; else `KAFKA_BOOTSTRAP_SERVERS`, else [`DEFAULT_KAFKA_BOOTSTRAP_SERVERS`].
+///
+/// # Panics
+///
+/// When containers were asked for and cannot start.
 pub async fn kafka_bootstrap_servers() -> String {
+    if containers_requested() {
+        return shared_containers().await.kafka_bootstrap_servers.clone();
+    }
     if let Ok(servers) = std::env::var("KAFKA_BOOTSTRAP_SERVERS") {
         return servers;
     }
-    #[cfg(feature = "testcontainers")]
-    if let Some(services) = containers::services().await {
-        return services.kafka_bootstrap_servers.clone();
-    }
     DEFAULT_KAFKA_BOOTSTRAP_SERVERS.to_owned()
+}
+
+/// Whether the tests run against containers: `OUTBOX_TEST_BACKEND=containers` (the other value is
+/// `services`, the default: the servers of `scripts/services.sh`, or `DATABASE_URL` and
+/// `KAFKA_BOOTSTRAP_SERVERS`).
+///
+/// # Panics
+///
+/// On any other value of `OUTBOX_TEST_BACKEND`.
+pub fn containers_requested() -> bool {
+    match std::env::var("OUTBOX_TEST_BACKEND").as_deref() {
+        Ok("containers") => true,
+        Ok("services") | Ok("") | Err(_) => false,
+        Ok(other) => panic!("OUTBOX_TEST_BACKEND={other:?}: expected `containers` or `services`"),
+    }
+}
+
+#[cfg(feature = "testcontainers")]
+async fn shared_containers() -> &'static containers::Services {
+    containers::services().await
+}
+
+#[cfg(not(feature = "testcontainers"))]
+async fn shared_containers() -> &'static NoContainers {
+    panic!(
+        "OUTBOX_TEST_BACKEND=containers, but outbox-test-harness was built without its \
+         `testcontainers` feature"
+    )
+}
+
+/// Stands in for the containers' addresses when the `testcontainers` feature is off.
+#[cfg(not(feature = "testcontainers"))]
+struct NoContainers {
+    database_url: String,
+    kafka_bootstrap_servers: String,
 }
 
 /// The repository's root folder (where `scripts/` lives): `OUTBOX_REPO_ROOT`, else two levels above

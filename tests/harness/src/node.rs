@@ -1,5 +1,8 @@
 //! Private Kafka brokers and PostgreSQL servers for fault tests.
 //!
+//! With `OUTBOX_TEST_BACKEND=containers` they are containers of their own instead, stopped and
+//! started through the container engine (see `containers.rs`).
+//!
 //! A test that stops the broker or restarts the database must not take the shared services away
 //! from the tests running beside it, so it starts processes of its own: the same Apache Kafka jars
 //! that `scripts/services.sh` runs (through `scripts/kafka-node.sh`), and the same PostgreSQL
@@ -40,37 +43,102 @@ async fn run_async(what: &'static str, mut command: Command) {
         .expect("command task");
 }
 
-/// A single-node Apache Kafka broker of one test's own, on free ports.
+/// A single-node Apache Kafka broker of one test's own, on free ports: a process run by
+/// `scripts/kafka-node.sh`, or with `OUTBOX_TEST_BACKEND=containers` a container of its own.
 ///
-/// Dropping it kills the process and deletes its data.
+/// Dropping it kills the broker and deletes its data.
 #[derive(Debug)]
 pub struct KafkaNode {
-    dir: TempDir,
-    port: u16,
-    controller_port: u16,
+    inner: KafkaInner,
+}
+
+#[derive(Debug)]
+enum KafkaInner {
+    Process(ProcessKafka),
+    #[cfg(feature = "testcontainers")]
+    Container(Box<crate::containers::ContainerKafka>),
 }
 
 impl KafkaNode {
     /// Formats storage and starts the broker; returns once it answers a metadata request.
     pub async fn start() -> Self {
+        #[cfg(feature = "testcontainers")]
+        if crate::containers_requested() {
+            return Self {
+                inner: KafkaInner::Container(Box::new(
+                    crate::containers::ContainerKafka::start().await,
+                )),
+            };
+        }
+        #[cfg(not(feature = "testcontainers"))]
+        if crate::containers_requested() {
+            panic!(
+                "OUTBOX_TEST_BACKEND=containers, but outbox-test-harness was built without its \
+                 `testcontainers` feature"
+            );
+        }
         let dir = tempfile::Builder::new()
             .prefix("outbox-kafka-")
             .tempdir()
             .expect("temporary folder");
-        let node = Self {
+        let node = ProcessKafka {
             dir,
             port: free_port(),
             controller_port: free_port(),
         };
         node.start_again().await;
-        node
+        Self {
+            inner: KafkaInner::Process(node),
+        }
     }
 
     /// The address to bootstrap from.
     pub fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
+        match &self.inner {
+            KafkaInner::Process(node) => format!("127.0.0.1:{}", node.port),
+            #[cfg(feature = "testcontainers")]
+            KafkaInner::Container(node) => node.bootstrap(),
+        }
     }
 
+    /// Starts the broker again after [`stop`](Self::stop) or [`kill`](Self::kill), on the same
+    /// ports and data; returns once it answers.
+    pub async fn start_again(&self) {
+        match &self.inner {
+            KafkaInner::Process(node) => node.start_again().await,
+            #[cfg(feature = "testcontainers")]
+            KafkaInner::Container(node) => node.start_again().await,
+        }
+    }
+
+    /// Stops the broker gracefully (SIGTERM) and waits until it is gone.
+    pub async fn stop(&self) {
+        match &self.inner {
+            KafkaInner::Process(node) => node.stop().await,
+            #[cfg(feature = "testcontainers")]
+            KafkaInner::Container(node) => node.stop(None).await,
+        }
+    }
+
+    /// Kills the broker (SIGKILL) and waits until it is gone.
+    pub async fn kill(&self) {
+        match &self.inner {
+            KafkaInner::Process(node) => node.kill().await,
+            #[cfg(feature = "testcontainers")]
+            KafkaInner::Container(node) => node.stop(Some(0)).await,
+        }
+    }
+}
+
+/// A broker process run by `scripts/kafka-node.sh`.
+#[derive(Debug)]
+struct ProcessKafka {
+    dir: TempDir,
+    port: u16,
+    controller_port: u16,
+}
+
+impl ProcessKafka {
     fn script(&self) -> Command {
         let mut command = Command::new("bash");
         command
@@ -79,9 +147,7 @@ impl KafkaNode {
         command
     }
 
-    /// Starts the broker again after [`stop`](Self::stop) or [`kill`](Self::kill), on the same
-    /// ports and data; returns once it answers.
-    pub async fn start_again(&self) {
+    async fn start_again(&self) {
         let mut command = self.script();
         command
             .arg("start")
@@ -91,22 +157,20 @@ impl KafkaNode {
         run_async("starting a private Kafka broker", command).await;
     }
 
-    /// Stops the broker gracefully (SIGTERM) and waits until the process is gone.
-    pub async fn stop(&self) {
+    async fn stop(&self) {
         let mut command = self.script();
         command.arg("stop").arg(self.dir.path());
         run_async("stopping a private Kafka broker", command).await;
     }
 
-    /// Kills the broker (SIGKILL) and waits until the process is gone.
-    pub async fn kill(&self) {
+    async fn kill(&self) {
         let mut command = self.script();
         command.arg("stop").arg(self.dir.path()).arg("--kill");
         run_async("killing a private Kafka broker", command).await;
     }
 }
 
-impl Drop for KafkaNode {
+impl Drop for ProcessKafka {
     fn drop(&mut self) {
         let _ = self
             .script()
@@ -117,20 +181,93 @@ impl Drop for KafkaNode {
     }
 }
 
-/// A PostgreSQL server of one test's own (the machine's PostgreSQL binaries, a fresh cluster in a
-/// temporary folder, trust authentication on 127.0.0.1, a free port).
+/// A PostgreSQL server of one test's own: the machine's PostgreSQL binaries (a fresh cluster in a
+/// temporary folder, trust authentication on 127.0.0.1, a free port), or with
+/// `OUTBOX_TEST_BACKEND=containers` a container of its own.
 ///
 /// Dropping it stops the server and deletes its data.
 #[derive(Debug)]
 pub struct PostgresNode {
-    dir: TempDir,
-    bindir: PathBuf,
-    port: u16,
+    inner: PostgresInner,
+}
+
+#[derive(Debug)]
+enum PostgresInner {
+    Process(ProcessPostgres),
+    #[cfg(feature = "testcontainers")]
+    Container(Box<crate::containers::ContainerPostgres>),
 }
 
 impl PostgresNode {
     /// Initialises a cluster and starts it; returns once it accepts connections.
     pub async fn start() -> Self {
+        #[cfg(feature = "testcontainers")]
+        if crate::containers_requested() {
+            return Self {
+                inner: PostgresInner::Container(Box::new(
+                    crate::containers::ContainerPostgres::start().await,
+                )),
+            };
+        }
+        #[cfg(not(feature = "testcontainers"))]
+        if crate::containers_requested() {
+            panic!(
+                "OUTBOX_TEST_BACKEND=containers, but outbox-test-harness was built without its \
+                 `testcontainers` feature"
+            );
+        }
+        Self {
+            inner: PostgresInner::Process(ProcessPostgres::start().await),
+        }
+    }
+
+    /// The URL of a database on the server as a superuser (`postgres` on a process, `outbox` in
+    /// a container).
+    pub fn url(&self) -> String {
+        match &self.inner {
+            PostgresInner::Process(node) => node.url(),
+            #[cfg(feature = "testcontainers")]
+            PostgresInner::Container(node) => node.url(),
+        }
+    }
+
+    /// Starts the server (again); returns once it accepts connections.
+    pub async fn start_again(&self) {
+        match &self.inner {
+            PostgresInner::Process(node) => node.start_again().await,
+            #[cfg(feature = "testcontainers")]
+            PostgresInner::Container(node) => node.start_again().await,
+        }
+    }
+
+    /// Stops the server. `immediate` is a crash (no checkpoint, clients cut off at once); otherwise
+    /// a fast shutdown (clients disconnected, clean checkpoint).
+    pub async fn stop(&self, immediate: bool) {
+        match &self.inner {
+            PostgresInner::Process(node) => node.stop(immediate).await,
+            #[cfg(feature = "testcontainers")]
+            PostgresInner::Container(node) => node.stop(immediate).await,
+        }
+    }
+
+    /// Stops the server with a crash, waits `down_for`, and starts it again.
+    pub async fn restart(&self, down_for: Duration) {
+        self.stop(true).await;
+        tokio::time::sleep(down_for).await;
+        self.start_again().await;
+    }
+}
+
+/// A server process on the machine's PostgreSQL binaries.
+#[derive(Debug)]
+struct ProcessPostgres {
+    dir: TempDir,
+    bindir: PathBuf,
+    port: u16,
+}
+
+impl ProcessPostgres {
+    async fn start() -> Self {
         let dir = tempfile::Builder::new()
             .prefix("outbox-pg-")
             .tempdir()
@@ -162,8 +299,7 @@ impl PostgresNode {
         node
     }
 
-    /// The URL of the server's `postgres` database as the `postgres` superuser.
-    pub fn url(&self) -> String {
+    fn url(&self) -> String {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
     }
 
@@ -184,8 +320,7 @@ impl PostgresNode {
         }
     }
 
-    /// Starts the server (again); returns once it accepts connections.
-    pub async fn start_again(&self) {
+    async fn start_again(&self) {
         let mut command = self.pg("pg_ctl");
         command
             .arg("-D")
@@ -202,9 +337,7 @@ impl PostgresNode {
         run_async("starting a private PostgreSQL", command).await;
     }
 
-    /// Stops the server. `immediate` is a crash (no checkpoint, clients cut off at once); otherwise
-    /// a fast shutdown (clients disconnected, clean checkpoint).
-    pub async fn stop(&self, immediate: bool) {
+    async fn stop(&self, immediate: bool) {
         let mut command = self.pg("pg_ctl");
         command
             .arg("-D")
@@ -213,16 +346,9 @@ impl PostgresNode {
             .args(["-w", "-t", "60", "stop"]);
         run_async("stopping a private PostgreSQL", command).await;
     }
-
-    /// Stops the server with a crash, waits `down_for`, and starts it again.
-    pub async fn restart(&self, down_for: Duration) {
-        self.stop(true).await;
-        tokio::time::sleep(down_for).await;
-        self.start_again().await;
-    }
 }
 
-impl Drop for PostgresNode {
+impl Drop for ProcessPostgres {
     fn drop(&mut self) {
         let _ = self
             .pg("pg_ctl")

@@ -230,3 +230,40 @@ async fn a_private_postgres_survives_a_crash_restart() {
     assert_eq!(value, Some(7));
     drop(conn);
 }
+
+/// `OUTBOX_TEST_BACKEND=containers` really runs against containers (no silent fallback to the
+/// host's services), and without it the tests use the host's services.
+#[tokio::test]
+async fn the_backend_asked_for_is_the_one_the_tests_use() {
+    let url = outbox_test_harness::database_url().await;
+    let bootstrap = outbox_test_harness::kafka_bootstrap_servers().await;
+    let conn = Database::connect(url.as_str()).await.unwrap();
+    // The address the server accepted the connection on: loopback for the host's server, the
+    // container's own address inside a container.
+    let server_addr: String = conn
+        .query_one(Statement::from_string(
+            conn.get_database_backend(),
+            "SELECT host(inet_server_addr()) AS addr",
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "addr")
+        .unwrap();
+    conn.close().await.unwrap();
+    if outbox_test_harness::containers_requested() {
+        assert!(
+            !server_addr.starts_with("127.") && server_addr != "::1",
+            "containers were asked for, but PostgreSQL at {url} answers on {server_addr}"
+        );
+        assert_ne!(url, outbox_test_harness::DEFAULT_DATABASE_URL);
+        assert_ne!(
+            bootstrap,
+            outbox_test_harness::DEFAULT_KAFKA_BOOTSTRAP_SERVERS
+        );
+    } else {
+        let expected = std::env::var("DATABASE_URL")
+            .unwrap_or_else(|_| outbox_test_harness::DEFAULT_DATABASE_URL.to_owned());
+        assert_eq!(url, expected);
+    }
+}
