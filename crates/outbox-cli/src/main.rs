@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 use outbox_cli::commands::{Exit, OutboxCommand};
 use outbox_cli::env::{CommonConfig, ConfigError, ProcessEnv, RelayConfig, init_logging};
 use outbox_seaorm::OutboxMigrator;
-use outbox_seaorm::migration::{DOWN_SQL, UP_SQL};
+use outbox_seaorm::migration::{COMMIT_HORIZON_DOWN_SQL, COMMIT_HORIZON_UP_SQL, DOWN_SQL, UP_SQL};
 use sea_orm_migration::MigratorTrait;
 
 const AFTER_HELP: &str = "\
@@ -131,7 +131,12 @@ async fn main() -> ExitCode {
         Command::Migrate {
             action: MigrateAction::Sql { down },
         } => {
-            print!("{}", if down { DOWN_SQL } else { UP_SQL });
+            // Every migration in order (down: in reverse), each in a transaction of its own.
+            if down {
+                print!("BEGIN;\n{COMMIT_HORIZON_DOWN_SQL}COMMIT;\n\n{DOWN_SQL}");
+            } else {
+                print!("{UP_SQL}\nBEGIN;\n{COMMIT_HORIZON_UP_SQL}COMMIT;\n");
+            }
             ExitCode::SUCCESS
         }
         Command::Relay => {

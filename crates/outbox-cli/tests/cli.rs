@@ -91,13 +91,54 @@ fn help_explains_every_command_and_the_exit_codes() {
     }
 }
 
-#[test]
-fn the_plain_sql_needs_no_database() {
+#[tokio::test]
+async fn the_plain_sql_needs_no_database_and_migrates_one_with_psql() {
     let up = outbox(None, &["migrate", "sql"]);
     assert!(up.status.success());
-    assert_eq!(stdout(&up), outbox_seaorm::migration::UP_SQL);
-    let down = outbox(None, &["migrate", "sql", "--down"]);
-    assert_eq!(stdout(&down), outbox_seaorm::migration::DOWN_SQL);
+    let up = stdout(&up);
+    assert!(up.contains(outbox_seaorm::migration::UP_SQL));
+    assert!(up.contains(outbox_seaorm::migration::COMMIT_HORIZON_UP_SQL));
+    let down = stdout(&outbox(None, &["migrate", "sql", "--down"]));
+    assert!(down.contains(outbox_seaorm::migration::DOWN_SQL));
+
+    // What other migration tools would run, run as they would: psql, stopping at any error.
+    let db = TestDatabase::create().await;
+    let psql = |sql: &str| {
+        use std::io::Write;
+        let mut child = std::process::Command::new("psql")
+            .args(["-v", "ON_ERROR_STOP=1", "-q", db.url()])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("psql");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(sql.as_bytes())
+            .unwrap();
+        assert!(child.wait().unwrap().success(), "psql failed on:\n{sql}");
+    };
+    psql(&up);
+    let conn = db.connect().await;
+    let columns = conn
+        .query_all(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT column_name FROM information_schema.columns \
+             WHERE table_name = 'event_outbox' AND column_name = 'xid'",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(columns.len(), 1, "the commit-horizon column is there");
+    psql(&down);
+    let tables = conn
+        .query_all(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT 1 FROM information_schema.tables WHERE table_name = 'event_outbox'",
+        ))
+        .await
+        .unwrap();
+    assert!(tables.is_empty());
 }
 
 #[tokio::test]

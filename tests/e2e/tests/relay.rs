@@ -252,6 +252,13 @@ async fn of_two_relays_only_one_publishes_and_the_other_takes_over_when_its_sess
         || async { pending(&conn).await == 0 },
     )
     .await;
+    // The worker counts a batch just after its rows are deleted.
+    wait_until(
+        "the leader counted them",
+        Duration::from_secs(10),
+        || async { a.status().relayed >= 400 },
+    )
+    .await;
     assert_eq!(a.status().relayed, 400);
     assert_eq!(b.status().relayed, 0, "the standby publishes nothing");
     assert!(!b.status().leader);
