@@ -371,14 +371,25 @@ async fn main() -> Result<()> {
     drop(env);
     println!("done in {:.0} s", started.elapsed().as_secs_f64());
     // The guard against Nagle's stall, after the report is written so a failing run keeps it.
-    if let Some(sweep) = &results.sweep {
-        match sweep::guard(sweep) {
-            Ok(message) => println!("{message}: ok"),
+    // A busy machine can push one measurement over the limit: a failing guard measures again,
+    // and fails the run only when the stall shows twice (it shows every time).
+    if let Some(sweep) = &results.sweep
+        && let Err(first) = sweep::guard(sweep)
+    {
+        eprintln!("{first}\nmeasuring the event-size sweep again before failing");
+        let env = Env::create(args.sizes.partitions, args.sizes.keys).await?;
+        let again = sweep::run(&env, &args.sizes).await?;
+        match sweep::guard(&again) {
+            Ok(message) => println!("{message}: ok on the second measurement"),
             Err(e) => {
                 eprintln!("{e}");
                 std::process::exit(1);
             }
         }
+    } else if let Some(sweep) = &results.sweep
+        && let Ok(message) = sweep::guard(sweep)
+    {
+        println!("{message}: ok");
     }
     Ok(())
 }
