@@ -130,6 +130,11 @@ impl Env {
         })
     }
 
+    /// The run's database URL (for the writer process of the cross-process runs).
+    pub(crate) fn database_url(&self) -> &str {
+        self.database.url()
+    }
+
     pub(crate) fn pool(&self) -> &PgPool {
         self.conn.get_postgres_connection_pool()
     }

@@ -64,7 +64,7 @@ impl LatencyRun {
     }
 }
 
-struct Writer {
+pub(crate) struct Writer {
     conn: DatabaseConnection,
     outbox: PostgresOutbox,
     shape: Shape,
@@ -74,6 +74,18 @@ struct Writer {
 }
 
 impl Writer {
+    /// A writer of File Service uploads on `conn`, its events for `topic`.
+    pub(crate) fn new(conn: DatabaseConnection, topic: &str, keys: usize) -> Result<Self> {
+        Ok(Self {
+            outbox: PostgresOutbox::new(conn.clone()).context("repository")?,
+            conn,
+            shape: Shape::new(topic),
+            raw: vec![7u8; RAW_BYTES],
+            keys,
+            seq: AtomicU64::new(0),
+        })
+    }
+
     /// One upload with its event. Returns the event id and when the commit returned.
     async fn upload(&self) -> Result<(EventId, Instant, Duration)> {
         let upload = Upload::new(self.seq.fetch_add(1, Ordering::Relaxed), self.keys);
@@ -98,9 +110,9 @@ impl Writer {
     }
 }
 
-type Commits = (Vec<(EventId, Instant)>, Vec<Duration>);
+pub(crate) type Commits = (Vec<(EventId, Instant)>, Vec<Duration>);
 
-async fn write_paced(
+pub(crate) async fn write_paced(
     writer: Arc<Writer>,
     period: Duration,
     first: Instant,
@@ -129,7 +141,7 @@ async fn write_paced(
     Ok((commits, txns))
 }
 
-async fn run_one(
+pub(crate) async fn run_one(
     env: &Env,
     sizes: &Sizes,
     offered: f64,
@@ -151,15 +163,8 @@ async fn run_one(
     .context("relay worker")?;
     worker.start().context("starting the relay")?;
 
-    let writer = Arc::new(Writer {
-        conn: env.conn.clone(),
-        outbox: PostgresOutbox::new(env.conn.clone()).context("repository")?,
-        shape: Shape::new(topic),
-        raw: vec![7u8; RAW_BYTES],
-        keys: env.keys,
-        seq: AtomicU64::new(0),
-    });
-    let writers = sizes.latency_writers.max(1);
+    let writer = Arc::new(Writer::new(env.conn.clone(), topic, env.keys)?);
+    let writers = writers_for(sizes, offered);
     let period = Duration::from_secs_f64(writers as f64 / offered);
     let start = Instant::now() + Duration::from_millis(50);
     let until = start + Duration::from_secs_f64(sizes.latency_secs);
@@ -245,6 +250,12 @@ async fn run_one(
         run.breakdown.ack.p50,
     );
     Ok(run)
+}
+
+/// Writer tasks for `offered` events/s: at most one event per second each, so that a slow rate
+/// is still paced as one steady stream.
+pub(crate) fn writers_for(sizes: &Sizes, offered: f64) -> usize {
+    sizes.latency_writers.min(offered.floor() as usize).max(1)
 }
 
 /// Runs phase 3 at 1,000 events/s and at half of R (when phase 2 measured it).

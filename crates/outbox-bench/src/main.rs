@@ -17,6 +17,9 @@
 //!    rdkafka producer (P) and the relay with a no-op publisher (D); and R with 16 and 64 KiB
 //!    events;
 //! 3. **commit-to-ack latency** at a steady offered load, with and without the in-process wake-up;
+//!    3b. **writers in another process** (a child process of this program) at 1, 50 and 1,000
+//!    events/s, with `wake_notifier()` and polling only, beside the in-process figure; and what
+//!    `notify()` after each commit costs B, S and L at 1 and 8 clients;
 //! 4. **scaling**: drain rate by backlog size, and peak memory.
 //!
 //! Each run creates its own database and topics and drops them at the end. Results go to
@@ -25,6 +28,7 @@
 mod env;
 mod latency;
 mod relay;
+mod remote;
 mod report;
 mod stats;
 mod sweep;
@@ -61,16 +65,18 @@ pub(crate) enum Phase {
     Upload,
     Relay,
     Latency,
+    Remote,
     Scaling,
 }
 
 impl Phase {
-    const ALL: [Phase; 6] = [
+    const ALL: [Phase; 7] = [
         Phase::Write,
         Phase::Sweep,
         Phase::Upload,
         Phase::Relay,
         Phase::Latency,
+        Phase::Remote,
         Phase::Scaling,
     ];
 
@@ -81,9 +87,10 @@ impl Phase {
             "upload" => Ok(Self::Upload),
             "relay" => Ok(Self::Relay),
             "latency" => Ok(Self::Latency),
+            "remote" => Ok(Self::Remote),
             "scaling" => Ok(Self::Scaling),
             other => Err(format!(
-                "unknown phase `{other}` (write, sweep, upload, relay, latency, scaling)"
+                "unknown phase `{other}` (write, sweep, upload, relay, latency, remote, scaling)"
             )
             .into()),
         }
@@ -227,7 +234,7 @@ struct Args {
 
 const USAGE: &str = "\
 usage: outbox-bench [--smoke] [--large] [--nagle] [--backlog N] [--batch-sizes 500,1000] \
-[--latency-secs S] [--only write,sweep,upload,relay,latency,scaling] [--out DIR]
+[--latency-secs S] [--only write,sweep,upload,relay,latency,remote,scaling] [--out DIR]
 
   --smoke         tiny sizes (well under a minute); writes to a temporary folder unless --out
   --large         1,000,000-event backlogs (throughput and scaling)
@@ -295,6 +302,10 @@ fn parse_args() -> Result<Args> {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    let raw: Vec<String> = std::env::args().skip(1).collect();
+    if raw.first().map(String::as_str) == Some(remote::CHILD_FLAG) {
+        return remote::child(&raw[1..]).await;
+    }
     let args = parse_args()?;
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -344,13 +355,14 @@ async fn main() -> Result<()> {
                 });
                 results.latency = latency::run(&env, &args.sizes, half_r.map(|r| r / 2.0)).await?;
             }
+            Phase::Remote => results.remote = Some(remote::run(&env, &args.sizes).await?),
             Phase::Scaling => {
                 let budget_start = started.checked_add(outside_budget).unwrap_or(started);
                 results.scaling = Some(relay::scaling(&env, &args.sizes, budget_start).await?)
             }
         }
         let took = phase_started.elapsed();
-        if matches!(phase, Phase::Sweep | Phase::Upload) {
+        if matches!(phase, Phase::Sweep | Phase::Upload | Phase::Remote) {
             outside_budget += took;
         }
         println!("  ({phase:?} phase took {:.1} s)", took.as_secs_f64());

@@ -198,6 +198,14 @@ impl RelayStore for TimedStore {
     async fn stats(&self) -> Result<OutboxStats, OutboxError> {
         self.inner.stats().await
     }
+
+    async fn wait_for_wake_up(&self) {
+        self.inner.wait_for_wake_up().await
+    }
+
+    fn remote_wake(&self) -> Option<Arc<dyn outbox_core::RemoteWake>> {
+        self.inner.remote_wake()
+    }
 }
 
 /// A publisher, timing each batch and, when the probe records them, when each event's publish

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::env::{Machine, PAYLOAD_BYTES, RAW_BYTES};
 use crate::latency::LatencyRun;
 use crate::relay::{Drain, Explain, LargeDrain, RelayResults, Scaling};
+use crate::remote::{RemoteResults, Writers};
 use crate::sweep::{GUARD_RATIO, Sweep};
 use crate::upload::Uploads;
 use crate::write::{Variant, WriteResult};
@@ -24,6 +25,7 @@ pub(crate) struct Results {
     pub(crate) relay: Option<RelayResults>,
     pub(crate) large_drains: Vec<LargeDrain>,
     pub(crate) latency: Vec<LatencyRun>,
+    pub(crate) remote: Option<RemoteResults>,
     pub(crate) scaling: Option<Scaling>,
 }
 
@@ -173,6 +175,7 @@ fn targets(results: &Results) -> Vec<Target> {
         }),
         met: half.map(|l| l.latency.p50 <= 5.0 && l.latency.p99 <= 25.0),
     });
+    remote_targets(results.remote.as_ref(), &mut targets);
     let scaling = results.scaling.as_ref();
     let has_million = scaling.is_some_and(|s| s.runs.iter().any(|run| run.events >= 1_000_000));
     targets.push(Target {
@@ -245,6 +248,7 @@ fn to_json(machine: &Machine, run: &Run, results: &Results) -> Value {
         "relay": results.relay.as_ref().map(RelayResults::to_json),
         "relay_large_events": results.large_drains.iter().map(LargeDrain::to_json).collect::<Vec<_>>(),
         "latency": results.latency.iter().map(LatencyRun::to_json).collect::<Vec<_>>(),
+        "remote_writers": results.remote.as_ref().map(RemoteResults::to_json),
         "scaling": results.scaling.as_ref().map(Scaling::to_json),
         "targets": targets(results).iter().map(|t| json!({
             "name": t.name,
@@ -653,6 +657,10 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
         }
     }
 
+    if let Some(remote) = &results.remote {
+        remote_markdown(&mut out, s, remote);
+    }
+
     if let Some(scaling) = &results.scaling {
         let _ = writeln!(out, "\n## 4. Scaling\n");
         let all_reset = scaling
@@ -852,6 +860,128 @@ fn uploads_markdown(out: &mut String, s: &Sizes, uploads: &Uploads) {
             p.latency.p99,
             first.map_or("-".into(), |f| format!("{:.3}", p.latency.p50 / f)),
             p.latency.count
+        );
+    }
+}
+
+/// Issue 16's bounds: commit to ack from another process, and the writer's cost of the wake-up.
+fn remote_targets(remote: Option<&RemoteResults>, targets: &mut Vec<Target>) {
+    for (rate, name) in [
+        (1.0, "commit -> ack, writers in another process, 1/s"),
+        (50.0, "commit -> ack, writers in another process, 50/s"),
+        (1000.0, "commit -> ack, writers in another process, 1000/s"),
+    ] {
+        let run = remote.and_then(|r| r.find(Writers::RemoteNotify, rate));
+        let polling = remote.and_then(|r| r.find(Writers::RemotePolling, rate));
+        let same = remote.and_then(|r| r.find(Writers::InProcess, rate));
+        targets.push(Target {
+            name,
+            goal: "p50 <= 5 ms, p99 <= 25 ms",
+            measured: run.map_or("-".into(), |l| {
+                format!(
+                    "p50 {:.2} ms, p99 {:.2} ms ({} events; same process p50 {}, polling only \
+                     p50 {})",
+                    l.latency.p50,
+                    l.latency.p99,
+                    l.measured,
+                    same.map_or("-".into(), |s| format!("{:.2} ms", s.latency.p50)),
+                    polling.map_or("-".into(), |p| format!("{:.2} ms", p.latency.p50)),
+                )
+            }),
+            met: run.map(|l| l.missing == 0 && l.latency.p50 <= 5.0 && l.latency.p99 <= 25.0),
+        });
+    }
+    for (clients, name) in [
+        (1, "wake-up cost to the writer (L), 1 client"),
+        (8, "wake-up cost to the writer (L), 8 clients"),
+    ] {
+        let row = remote.and_then(|r| r.cost_of_l(clients));
+        let tps = clients == 8;
+        targets.push(Target {
+            name,
+            goal: if tps {
+                "+ <= 0.1 ms at p50, tps with >= 95% of without"
+            } else {
+                "+ <= 0.1 ms at p50"
+            },
+            measured: row.map_or("-".into(), |c| {
+                format!(
+                    "{:+.3} ms at p50, {:+.3} ms at p99, tps with/without {:.3}",
+                    c.p50_added(),
+                    c.p99_added(),
+                    c.tps_ratio()
+                )
+            }),
+            met: row.map(|c| c.p50_added() <= 0.1 && (!tps || c.tps_ratio() >= 0.95)),
+        });
+    }
+}
+
+fn remote_markdown(out: &mut String, s: &Sizes, remote: &RemoteResults) {
+    let _ = writeln!(out, "\n## 3b. Writers in another process\n");
+    let _ = writeln!(
+        out,
+        "The writers run in a child process of the benchmark (`{}`), paced to the offered \
+         rate, one event per upload transaction; each prints its event id and commit time \
+         (wall clock). The relay runs in the benchmark's process; a wrapper around \
+         `KafkaPublisher` notes when `publish` returned for each event, on the same wall clock. \
+         Latency = ack − commit, for events committed after the first {} s of each {} s run. \
+         **wake_notifier()**: the child calls `PostgresOutbox::wake_notifier().notify()` after \
+         each commit (a coalesced `pg_notify` outside the transaction; the leader `LISTEN`s); \
+         **polling only**: it does not. **same process**: writers beside the relay with \
+         `notifier().notify()`, as in section 3.\n",
+        crate::remote::CHILD_FLAG,
+        s.latency_warmup_secs,
+        s.latency_secs,
+    );
+    let _ = writeln!(
+        out,
+        "| offered/s | writers | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | events | missing | writer tx p50 ms | relay batches | events per batch |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for r in &remote.runs {
+        let l = &r.run;
+        let _ = writeln!(
+            out,
+            "| {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {:.1} |",
+            l.offered,
+            r.writers.label(),
+            l.achieved,
+            l.latency.p50,
+            l.latency.p99,
+            l.latency.p999,
+            l.latency.max,
+            l.measured,
+            l.missing,
+            l.writer_txn.p50,
+            l.breakdown.batches,
+            l.mean_batch,
+        );
+    }
+    let _ = writeln!(
+        out,
+        "\n**The writer's cost of the wake-up.** B, S and L (section 1) without and with \
+         `wake_notifier().notify()` after each commit, inside the timed span (this process runs \
+         no relay, so every call takes the remote path), interleaved in rounds.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| clients | variant | p50 ms without → with | added p50 ms | p99 ms without → with | added p99 ms | tx/s without → with | with/without tps |\n|---|---|---|---|---|---|---|---|"
+    );
+    for c in &remote.cost {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {:.3} → {:.3} | {:+.3} | {:.3} → {:.3} | {:+.3} | {:.0} → {:.0} | {:.3} |",
+            c.clients,
+            c.without.variant.name(),
+            c.without.latency.p50,
+            c.with.latency.p50,
+            c.p50_added(),
+            c.without.latency.p99,
+            c.with.latency.p99,
+            c.p99_added(),
+            c.without.tps,
+            c.with.tps,
+            c.tps_ratio(),
         );
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use outbox_core::OutboxWriter;
+use outbox_core::{OutboxWriter, RelayNotifier};
 use outbox_seaorm::PostgresOutbox;
 use sea_orm::{ConnectionTrait, DbBackend, Statement, TransactionTrait};
 use serde_json::{Value, json};
@@ -42,7 +42,7 @@ pub(crate) enum Variant {
     L,
 }
 
-const VARIANTS: [Variant; 3] = [Variant::B, Variant::S, Variant::L];
+pub(crate) const VARIANTS: [Variant; 3] = [Variant::B, Variant::S, Variant::L];
 
 impl Variant {
     pub(crate) fn name(self) -> &'static str {
@@ -140,7 +140,11 @@ impl Writer {
     }
 
     /// One upload transaction of `variant`, timed from before `BEGIN` to after `COMMIT`.
-    async fn transaction(&self, variant: Variant) -> Result<Duration> {
+    async fn transaction(
+        &self,
+        variant: Variant,
+        notifier: Option<&RelayNotifier>,
+    ) -> Result<Duration> {
         let upload = Upload::new(self.seq.fetch_add(1, Ordering::Relaxed), self.keys);
         let started = Instant::now();
         let txn = self.env_conn.begin().await.context("begin")?;
@@ -184,6 +188,9 @@ impl Writer {
             }
         }
         txn.commit().await.context("commit")?;
+        if let Some(notifier) = notifier {
+            notifier.notify();
+        }
         Ok(started.elapsed())
     }
 }
@@ -196,14 +203,27 @@ pub(crate) async fn block(
     clients: usize,
     per_client: usize,
 ) -> Result<(Vec<Duration>, Duration)> {
+    block_notifying(writer, variant, clients, per_client, None).await
+}
+
+/// [`block`], calling `notifier.notify()` after each commit when given (inside the timed span:
+/// what the wake-up costs the writer).
+pub(crate) async fn block_notifying(
+    writer: &Arc<Writer>,
+    variant: Variant,
+    clients: usize,
+    per_client: usize,
+    notifier: Option<&RelayNotifier>,
+) -> Result<(Vec<Duration>, Duration)> {
     let started = Instant::now();
     let tasks: Vec<_> = (0..clients)
         .map(|_| {
             let writer = writer.clone();
+            let notifier = notifier.cloned();
             tokio::spawn(async move {
                 let mut samples = Vec::with_capacity(per_client);
                 for _ in 0..per_client {
-                    samples.push(writer.transaction(variant).await?);
+                    samples.push(writer.transaction(variant, notifier.as_ref()).await?);
                 }
                 Ok::<_, crate::BoxError>(samples)
             })
