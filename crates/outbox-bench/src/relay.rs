@@ -223,6 +223,10 @@ impl TimedPublisher {
 
 #[async_trait]
 impl EventPublisher for TimedPublisher {
+    async fn prepare(&self, events: &[OutboxEvent]) {
+        self.inner.prepare(events).await;
+    }
+
     fn check(&self, event: &OutboxEvent) -> Result<(), PublishError> {
         self.inner.check(event)
     }

@@ -296,6 +296,7 @@ fn check_metric_names(text: &str, source: &str) {
         m::EVENTS_ADDED_TOTAL,
         m::RELAY_LEADER,
         m::RELAY_LAST_POLL_TIMESTAMP_SECONDS,
+        m::COMMIT_HORIZON_WAIT_SECONDS,
     ];
     let mut seen = 0;
     for (start, _) in text.match_indices("outbox_") {

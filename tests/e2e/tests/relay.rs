@@ -126,6 +126,10 @@ struct SlowAck {
 
 #[async_trait]
 impl EventPublisher for SlowAck {
+    async fn prepare(&self, events: &[OutboxEvent]) {
+        self.inner.prepare(events).await;
+    }
+
     fn check(&self, event: &OutboxEvent) -> Result<(), PublishError> {
         self.inner.check(event)
     }
