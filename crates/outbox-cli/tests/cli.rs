@@ -203,6 +203,18 @@ async fn migrate_up_status_and_down_manage_the_table() {
     );
     let conn = db.connect().await;
     assert_eq!(count(&conn, "SELECT count(*) FROM event_outbox").await, 0);
+    assert!(
+        up["applied"][1] == "m20261130_000001_add_commit_horizon",
+        "{up}"
+    );
+    // Down reverts the last migration: the commit-horizon column first, then the table.
+    assert!(outbox(Some(&url), &["migrate", "down"]).status.success());
+    assert!(
+        conn.execute_unprepared("SELECT xid FROM event_outbox")
+            .await
+            .is_err(),
+        "the commit-horizon column is gone"
+    );
     assert!(outbox(Some(&url), &["migrate", "down"]).status.success());
     assert!(
         conn.execute_unprepared("SELECT 1 FROM event_outbox")
