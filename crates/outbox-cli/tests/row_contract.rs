@@ -22,11 +22,7 @@ fn guide_insert() -> String {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    outbox_test_harness::free_port()
 }
 
 fn sidecar(db_url: &str, bootstrap: &str, port: u16) -> Child {

@@ -36,11 +36,7 @@ fn pgbouncer_binary() -> PathBuf {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    outbox_test_harness::free_port()
 }
 
 /// Parses `postgres://user:password@host:port/db`.

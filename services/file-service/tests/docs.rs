@@ -187,11 +187,7 @@ async fn every_command_of_the_playbook_runs() {
     let (db, conn) = common::migrated().await;
     seed(&conn).await;
     let bootstrap = outbox_test_harness::kafka_bootstrap_servers().await;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = outbox_test_harness::free_port();
     let mut service = Command::new(env!("CARGO_BIN_EXE_file-service"))
         .env_clear()
         .env("DATABASE_URL", db.url())

@@ -46,10 +46,7 @@ impl Setup {
     }
 
     fn start(&self, extra: &[(&str, &str)]) -> Running {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .unwrap()
-            .port();
+        let port = outbox_test_harness::free_port();
         let log = std::env::temp_dir().join(format!("file-service-{port}.log"));
         let out = std::fs::File::create(&log).unwrap();
         let mut command = Command::new(env!("CARGO_BIN_EXE_file-service"));

@@ -44,7 +44,7 @@ mod containers;
 use std::path::PathBuf;
 
 pub use kafka::{Received, TestTopic, consume, consume_until_quiet, create_topic, wait_for_broker};
-pub use node::{KafkaNode, PostgresNode};
+pub use node::{KafkaNode, PostgresNode, free_port};
 pub use postgres::TestDatabase;
 pub use socket::{
     session_client_port, session_tcp_nodelay, set_tcp_nodelay_of_local_port,

@@ -17,7 +17,21 @@ use tempfile::TempDir;
 
 use crate::repo_root;
 
-fn free_port() -> u16 {
+/// A local port that is free now, for a server a test starts in another process. Chosen below
+/// Linux's ephemeral range (32768-60999), so an outgoing connection of a busy test run cannot
+/// take it between this check and the server's bind, as one taken with `bind(0)` can.
+pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    // Spread test processes apart, then walk up from there.
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let start = 20_000 + (std::process::id() % 400) as u16 * 30;
+    for _ in 0..12_000 {
+        let offset = NEXT.fetch_add(1, Ordering::Relaxed) % 12_000;
+        let port = 20_000 + (start - 20_000 + offset) % 12_000;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
