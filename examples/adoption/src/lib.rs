@@ -2,20 +2,15 @@
 //! implementation guide (`docs/implementation_guide.md`) quotes this file between its
 //! `ANCHOR` comments, and a test keeps the two identical.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
-use outbox_core::{
-    EventEnvelope, EventId, EventRelayWorker, OutboxError, OutboxWriter, RelayNotifier,
-    RelaySettings, TopicMap,
-};
-use outbox_kafka::{KafkaConfig, KafkaPublisher};
-use outbox_seaorm::PostgresOutbox;
-use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, TransactionTrait};
+use outbox::prelude::*;
+use outbox::{EventId, Outbox};
+use sea_orm::{DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
 use serde::Serialize;
 
@@ -82,68 +77,36 @@ pub struct InvoiceIssued {
 /// The topic of `InvoiceIssued`.
 pub const INVOICE_ISSUED_TOPIC: &str = "billing.invoice.issued.v1";
 
-/// The running outbox of the service: the repository writers use, and the relay.
-pub struct Outbox {
-    /// Adds events inside the caller's transactions.
-    pub repository: Arc<PostgresOutbox>,
-    /// Publishes them.
-    pub relay: EventRelayWorker,
-}
-
 // ANCHOR: wiring
-/// Builds the repository, the Kafka publisher and the relay, and starts the relay.
-/// `InvoiceIssued` events go to `invoice_topic`.
+/// Builds the outbox (the PostgreSQL store, the Kafka publisher and the relay) and starts the
+/// relay. `InvoiceIssued` events go to `invoice_topic`.
 pub fn start_outbox(
     db: DatabaseConnection,
     brokers: &str,
     invoice_topic: &str,
-) -> Result<Outbox, OutboxError> {
-    let topics = TopicMap::new().with("InvoiceIssued", invoice_topic)?;
-    let repository = Arc::new(PostgresOutbox::new(db)?.with_mapper(Arc::new(topics)));
-    let publisher =
-        KafkaPublisher::new(KafkaConfig::new(brokers).with_property("client.id", "billing-relay"))?;
-    let settings = RelaySettings::default()
-        .with_batch_size(500)
-        .with_poll_interval(Duration::from_millis(500));
-    let relay = EventRelayWorker::new(repository.clone(), Arc::new(publisher), settings)?;
-    relay.start()?;
-    Ok(Outbox { repository, relay })
+) -> Result<Outbox, outbox::Error> {
+    Outbox::builder(db)
+        .kafka(KafkaConfig::new(brokers).with_property("client.id", "billing-relay"))
+        .topic("InvoiceIssued", invoice_topic)
+        .settings(
+            RelaySettings::default()
+                .with_batch_size(500)
+                .with_poll_interval(Duration::from_millis(500)),
+        )
+        .start()
 }
 // ANCHOR_END: wiring
 
-/// Why issuing an invoice failed.
-#[derive(Debug)]
-pub enum IssueError {
-    /// The database refused the business write.
-    Database(sea_orm::DbErr),
-    /// The outbox refused the event.
-    Outbox(OutboxError),
-}
-
-impl From<sea_orm::DbErr> for IssueError {
-    fn from(e: sea_orm::DbErr) -> Self {
-        Self::Database(e)
-    }
-}
-
-impl From<OutboxError> for IssueError {
-    fn from(e: OutboxError) -> Self {
-        Self::Outbox(e)
-    }
-}
-
 // ANCHOR: write
 /// Issues an invoice: the invoice row and its `InvoiceIssued` event commit together, or neither
-/// does. The relay is woken after the commit, so the event leaves within milliseconds.
+/// does. The commit wakes the relay, so the event leaves within milliseconds.
 pub async fn issue_invoice(
-    db: &DatabaseConnection,
-    outbox: &PostgresOutbox,
-    notifier: &RelayNotifier,
+    outbox: &Outbox,
     customer_id: &str,
     amount_cents: i64,
-) -> Result<EventId, IssueError> {
+) -> Result<EventId, outbox::Error> {
     let invoice_id = uuid::Uuid::now_v7();
-    let txn = db.begin().await?;
+    let txn = outbox.begin().await?;
     txn.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "INSERT INTO invoices (id, customer_id, amount_cents) VALUES ($1, $2, $3)",
@@ -163,9 +126,8 @@ pub async fn issue_invoice(
     let new_event = event
         .into_outbox_event("invoice", invoice_id.to_string())?
         .with_key(customer_id);
-    let event_id = outbox.add_event(&txn, new_event).await?;
+    let event_id = txn.add(new_event).await?;
     txn.commit().await?;
-    notifier.notify();
     Ok(event_id)
 }
 // ANCHOR_END: write
@@ -185,7 +147,7 @@ pub fn install_metrics() -> PrometheusHandle {
     let handle = recorder.handle();
     // Fails only when a recorder is already installed; that one then renders the metrics.
     let _ = metrics::set_global_recorder(recorder);
-    outbox_core::metrics::describe();
+    outbox::parts::core::metrics::describe();
     handle
 }
 
@@ -201,15 +163,15 @@ pub fn metrics_routes(handle: PrometheusHandle) -> Router {
 // ANCHOR_END: metrics
 
 // ANCHOR: shutdown
-/// Waits for SIGTERM or ctrl-c, then stops the relay: it returns once the batch in flight is
+/// Waits for SIGTERM or ctrl-c, then stops the outbox's relay: it returns once the batch in flight is
 /// acknowledged by Kafka and in the outbox, and the producer is flushed.
-pub async fn run_until_signal(relay: &EventRelayWorker) -> Result<(), OutboxError> {
-    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| OutboxError::Config(e.to_string()))?;
+pub async fn run_until_signal(outbox: &Outbox) -> Result<(), Box<dyn std::error::Error>> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
-    relay.stop().await
+    outbox.stop().await?;
+    Ok(())
 }
 // ANCHOR_END: shutdown

@@ -39,25 +39,22 @@ async fn main() -> Result<(), Error> {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:7002").await?;
         tokio::spawn(async move { axum::serve(listener, metrics_routes(metrics)).await });
         println!("serving /metrics on 127.0.0.1:7002 until SIGTERM or ctrl-c");
-        run_until_signal(&outbox.relay).await?;
+        run_until_signal(&outbox).await.map_err(|e| e.to_string())?;
         return Ok(());
     }
 
-    let notifier = outbox.relay.notifier();
     for (customer, cents) in [
         ("customer-1", 1200),
         ("customer-2", 990),
         ("customer-1", 450),
     ] {
-        let id = issue_invoice(&db, &outbox.repository, &notifier, customer, cents)
-            .await
-            .map_err(|e| format!("{e:?}"))?;
+        let id = issue_invoice(&outbox, customer, cents).await?;
         println!("issued an invoice for {customer}: event {id}");
     }
-    while outbox.relay.status().relayed < 3 {
+    while outbox.status().map_or(0, |s| s.relayed) < 3 {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    outbox.relay.stop().await?;
+    outbox.stop().await?;
     println!("\nthe relay's metrics:");
     for line in metrics
         .render()

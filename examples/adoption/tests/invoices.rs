@@ -16,10 +16,7 @@ async fn an_issued_invoice_reaches_kafka_keyed_by_its_customer() {
     let topic = TestTopic::create("invoices", 3).await; // a uniquely named topic
 
     let outbox = start_outbox(conn.clone(), &topic.bootstrap(), topic.name()).unwrap();
-    let notifier = outbox.relay.notifier();
-    let event_id = issue_invoice(&conn, &outbox.repository, &notifier, "customer-7", 4200)
-        .await
-        .unwrap();
+    let event_id = issue_invoice(&outbox, "customer-7", 4200).await.unwrap();
 
     let received = consume(&topic.bootstrap(), topic.name(), 1, Duration::from_secs(30)).await;
     assert_eq!(received.len(), 1);
@@ -30,6 +27,6 @@ async fn an_issued_invoice_reaches_kafka_keyed_by_its_customer() {
     );
     let envelope: serde_json::Value = received[0].json();
     assert_eq!(envelope["data"]["amount_cents"], 4200);
-    outbox.relay.stop().await.unwrap();
+    outbox.stop().await.unwrap();
 }
 // ANCHOR_END: test

@@ -91,7 +91,9 @@ pub async fn run(config: &Quickstart) -> Result<Report, BoxError> {
         "quickstart",
         serde_json::json!({"order_id": order_id, "total": 42}),
     );
-    let committed = txn.add(placed.into_outbox_event("order", &order_id)?).await?;
+    let committed = txn
+        .add(placed.into_outbox_event("order", &order_id)?)
+        .await?;
     txn.commit().await?;
     println!("committed order {order_id} and its OrderPlaced event {committed}");
 
@@ -103,7 +105,13 @@ pub async fn run(config: &Quickstart) -> Result<Report, BoxError> {
     println!("rolled back a second transaction; its event {rolled_back} will never be sent");
 
     // 5. Read back what Kafka received, then stop the relay.
-    let received = read_from(&config.bootstrap, &config.topic, start, Duration::from_secs(30)).await?;
+    let received = read_from(
+        &config.bootstrap,
+        &config.topic,
+        start,
+        Duration::from_secs(30),
+    )
+    .await?;
     outbox.stop().await?;
     Ok(Report {
         committed,

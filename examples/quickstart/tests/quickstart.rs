@@ -22,5 +22,8 @@ async fn the_committed_event_arrives_once_and_the_rolled_back_one_never() {
         .iter()
         .find(|m| m.value.contains("\"total\":42"))
         .expect("the OrderPlaced envelope");
-    assert!(message.key.starts_with("order-"), "keyed by the order: {message:?}");
+    assert!(
+        message.key.starts_with("order-"),
+        "keyed by the order: {message:?}"
+    );
 }
