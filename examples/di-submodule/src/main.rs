@@ -55,7 +55,7 @@ impl OrderService for OrderServiceImpl {
             serde_json::json!({"order_id": order_id, "total": total}),
         );
         self.outbox
-            .add_event(&txn, event.into_outbox_event("order", order_id)?)
+            .add_event(&txn, event.to_outbox_event("order", order_id)?)
             .await?;
         txn.commit().await?;
         Ok(())

@@ -73,7 +73,7 @@ async fn main() -> Result<(), Error> {
     ))
     .await?;
     outbox
-        .add_event(&txn, envelope.into_outbox_event("order", &order_id)?)
+        .add_event(&txn, envelope.to_outbox_event("order", &order_id)?)
         .await?;
     txn.commit().await?;
     worker.notifier().notify();
@@ -90,7 +90,7 @@ async fn main() -> Result<(), Error> {
         serde_json::json!({"doomed": true}),
     );
     outbox
-        .add_event(&txn, doomed.into_outbox_event("order", "never")?)
+        .add_event(&txn, doomed.to_outbox_event("order", "never")?)
         .await?;
     txn.rollback().await?;
     println!(

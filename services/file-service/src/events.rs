@@ -164,7 +164,7 @@ fn outbox_event<T: Serialize>(
         .with_timestamp(timestamp)
         .with_traceparent(traceparent);
     Ok(envelope
-        .into_outbox_event(route.aggregate_type, route.aggregate_id)?
+        .to_outbox_event(route.aggregate_type, route.aggregate_id)?
         .with_key(route.key)
         .with_topic(format!("{topic_prefix}{}", route.topic)))
 }
