@@ -477,7 +477,7 @@ impl Shape {
             .with_correlation_id(upload.correlation_id)
             .with_traceparent(Some(format!("00-{trace}-{span}-01")));
         Ok(envelope
-            .into_outbox_event("batch", upload.batch_id.clone())
+            .to_outbox_event("batch", upload.batch_id.clone())
             .context("building the event")?
             .with_topic(&self.topic))
     }

@@ -11,7 +11,7 @@ use crate::{EventId, NewOutboxEvent, OutboxError};
 /// request, and the payload under `data`.
 ///
 /// Build it once, when the business change happens, and store it with
-/// [`into_outbox_event`](Self::into_outbox_event): the bytes in the outbox are then exactly the
+/// [`to_outbox_event`](Self::to_outbox_event): the bytes in the outbox are then exactly the
 /// bytes consumers see, with the same `event_id` on every re-send.
 ///
 /// ```
@@ -20,7 +20,7 @@ use crate::{EventId, NewOutboxEvent, OutboxError};
 ///
 /// let envelope = EventEnvelope::new("huleedu.file.batch.file.added.v1", "file-service", json!({"batch_id": "b1"}))
 ///     .with_traceparent(Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()));
-/// let event = envelope.into_outbox_event("batch", "b1")?;
+/// let event = envelope.to_outbox_event("batch", "b1")?;
 /// assert_eq!(event.headers["traceparent"], "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
 /// let value: serde_json::Value = serde_json::from_slice(&event.payload)?;
 /// assert_eq!(value["event_id"], event.event_id.to_string());
@@ -99,7 +99,7 @@ impl<T: Serialize> EventEnvelope<T> {
     /// Serialises the envelope into an outbox event with the same event id and event type, the
     /// given aggregate, `content-type: application/json` and the `traceparent` header when the
     /// metadata has one. The key defaults to the aggregate id; the topic to the mapper's choice.
-    pub fn into_outbox_event(
+    pub fn to_outbox_event(
         &self,
         aggregate_type: impl Into<String>,
         aggregate_id: impl Into<String>,
@@ -164,7 +164,7 @@ mod tests {
         let correlation = Uuid::new_v4();
         let envelope =
             EventEnvelope::new("t.v1", "svc", json!({})).with_correlation_id(correlation);
-        let event = envelope.into_outbox_event("batch", "b1").unwrap();
+        let event = envelope.to_outbox_event("batch", "b1").unwrap();
         assert_eq!(event.event_id, envelope.event_id);
         assert_eq!(event.event_type, "t.v1");
         assert_eq!(event.key(), "b1");

@@ -72,7 +72,7 @@ pub use event::{
     CONTENT_TYPE_HEADER, EventId, JSON_CONTENT_TYPE, NewOutboxEvent, OutboxEvent, RESERVED_HEADERS,
     TRACEPARENT_HEADER, validate_topic,
 };
-pub use mapper::{EventTypeIsTopic, EventTypeMapper, TopicMap};
+pub use mapper::{EventTypeMapper, TopicMap};
 pub use publisher::{Delivery, EventPublisher};
 pub use settings::RelaySettings;
 pub use store::{

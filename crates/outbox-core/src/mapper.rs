@@ -78,17 +78,6 @@ impl EventTypeMapper for TopicMap {
     }
 }
 
-/// Uses the event type itself as the topic name (the File Service's convention).
-#[derive(Debug, Default, Clone, Copy)]
-pub struct EventTypeIsTopic;
-
-impl EventTypeMapper for EventTypeIsTopic {
-    fn topic_for(&self, event_type: &str) -> Option<String> {
-        validate_topic(event_type).ok()?;
-        Some(event_type.to_owned())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,10 +96,5 @@ mod tests {
     #[test]
     fn illegal_topics_are_refused() {
         assert!(TopicMap::new().with("A", "no spaces").is_err());
-        assert_eq!(EventTypeIsTopic.topic_for("not a topic"), None);
-        assert_eq!(
-            EventTypeIsTopic.topic_for("a.b.v1").as_deref(),
-            Some("a.b.v1")
-        );
     }
 }

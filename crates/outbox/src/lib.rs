@@ -32,8 +32,7 @@ pub mod parts {
 /// (unnamed), so statements run on an [`OutboxTransaction`] without another import.
 pub mod prelude {
     pub use crate::{
-        Error, EventEnvelope, KafkaConfig, NewOutboxEvent, Outbox, OutboxTransaction,
-        RelaySettings,
+        Error, EventEnvelope, KafkaConfig, NewOutboxEvent, Outbox, OutboxTransaction, RelaySettings,
     };
     pub use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
 }

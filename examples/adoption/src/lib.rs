@@ -124,7 +124,7 @@ pub async fn issue_invoice(
     );
     // The key orders the events: everything about one customer arrives in order.
     let new_event = event
-        .into_outbox_event("invoice", invoice_id.to_string())?
+        .to_outbox_event("invoice", invoice_id.to_string())?
         .with_key(customer_id);
     let event_id = txn.add(new_event).await?;
     txn.commit().await?;

@@ -16,7 +16,7 @@ use crate::access::{BatchAccess, LocalOwnership, Orchestrator};
 use crate::config::Config;
 use crate::db::Migrator;
 use crate::events::{
-    FileEventPublisher, OutboxFileEventPublisher, OutboxFileEventPublisherParameters, TOPICS,
+    FileEventWriter, OutboxFileEventWriter, OutboxFileEventWriterParameters, TOPICS,
 };
 use crate::http::{AppState, RequestLimits, app};
 use crate::module::FileServiceModule;
@@ -113,12 +113,12 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
         .with_kafka(config.kafka.clone());
     let outbox = OutboxModule::from_settings(db.clone(), outbox_settings)?;
     let module = FileServiceModule::builder(Arc::new(outbox))
-        .with_component_parameters::<OutboxFileEventPublisher>(OutboxFileEventPublisherParameters {
+        .with_component_parameters::<OutboxFileEventWriter>(OutboxFileEventWriterParameters {
             topic_prefix: config.topic_prefix.clone(),
             max_event_bytes: config.max_event_bytes,
         })
         .build();
-    let events: Arc<dyn FileEventPublisher> = module.resolve();
+    let events: Arc<dyn FileEventWriter> = module.resolve();
     let relay: Arc<dyn OutboxRelayWorker> = module.resolve();
     let repository: Arc<dyn OutboxRepository> = module.resolve();
     let access: Arc<dyn BatchAccess> = match &config.orchestrator_url {

@@ -1,5 +1,5 @@
-//! The four events of the File Service contract, and the publisher that writes them to the
-//! outbox inside the caller's transaction.
+//! The four events of the File Service contract, and the writer that adds them to the outbox
+//! inside the caller's transaction.
 
 use std::sync::Arc;
 
@@ -139,163 +139,122 @@ pub struct EssayValidationFailedV1 {
     pub timestamp: DateTime<Utc>,
 }
 
-/// Where an event goes and what it is about.
-struct Route {
-    topic: &'static str,
-    aggregate_type: &'static str,
-    aggregate_id: String,
-    key: String,
+/// What the contract says about one of its events, beside the payload: where it goes, what it
+/// is about, how it is keyed, and which correlation id and time its envelope carries.
+pub trait ContractEvent: Serialize {
+    /// The topic, without the prefix (also the envelope's `event_type`).
+    const TOPIC: &'static str;
+    /// The outbox row's `aggregate_type`.
+    const AGGREGATE_TYPE: &'static str;
+    /// The outbox row's `aggregate_id`.
+    fn aggregate_id(&self) -> String;
+    /// The Kafka key: the aggregate id, so that one aggregate's events stay in order.
+    fn key(&self) -> String {
+        self.aggregate_id()
+    }
+    /// The envelope's `correlation_id` (the payload's own).
+    fn correlation_id(&self) -> Uuid;
+    /// The envelope's `event_timestamp` (the payload's own).
+    fn timestamp(&self) -> DateTime<Utc>;
 }
 
 /// Builds the outbox event for a payload: the envelope (with `event_type` the topic name,
 /// `source_service` `file-service`, the payload's correlation id and timestamp, and the
 /// traceparent in its metadata) as the value, the contract's key and aggregate, and the topic
 /// with `topic_prefix` in front.
-fn outbox_event<T: Serialize>(
-    route: Route,
-    data: &T,
-    correlation_id: Uuid,
-    timestamp: DateTime<Utc>,
+pub fn outbox_event<E: ContractEvent>(
+    payload: &E,
     traceparent: Option<String>,
     topic_prefix: &str,
 ) -> Result<NewOutboxEvent, OutboxError> {
-    let envelope = EventEnvelope::new(route.topic, SOURCE_SERVICE, data)
-        .with_correlation_id(correlation_id)
-        .with_timestamp(timestamp)
+    let envelope = EventEnvelope::new(E::TOPIC, SOURCE_SERVICE, payload)
+        .with_correlation_id(payload.correlation_id())
+        .with_timestamp(payload.timestamp())
         .with_traceparent(traceparent);
     Ok(envelope
-        .into_outbox_event(route.aggregate_type, route.aggregate_id)?
-        .with_key(route.key)
-        .with_topic(format!("{topic_prefix}{}", route.topic)))
+        .to_outbox_event(E::AGGREGATE_TYPE, payload.aggregate_id())?
+        .with_key(payload.key())
+        .with_topic(format!("{topic_prefix}{}", E::TOPIC)))
 }
 
-/// The outbox event for [`BatchFileAddedV1`].
-pub fn batch_file_added_event(
-    payload: &BatchFileAddedV1,
-    traceparent: Option<String>,
-    topic_prefix: &str,
-) -> Result<NewOutboxEvent, OutboxError> {
-    let route = Route {
-        topic: BATCH_FILE_ADDED_TOPIC,
-        aggregate_type: "batch",
-        aggregate_id: payload.batch_id.clone(),
-        key: payload.batch_id.clone(),
+/// The contract table, once: for each payload its topic, its aggregate type, and the field that
+/// is its aggregate id (and so its key). Implements [`ContractEvent`] for each payload, and
+/// gathers them in [`FileEvent`], the one type [`FileEventWriter::add`] takes.
+// A macro, because by hand the impls and conversions are the same dozen lines four times over,
+// differing only in the three facts each line below states.
+macro_rules! contract_events {
+    ($($payload:ident: $topic:ident, $aggregate_type:literal, $id:ident;)+) => {
+        $(
+            impl ContractEvent for $payload {
+                const TOPIC: &'static str = $topic;
+                const AGGREGATE_TYPE: &'static str = $aggregate_type;
+                fn aggregate_id(&self) -> String {
+                    self.$id.to_string()
+                }
+                fn correlation_id(&self) -> Uuid {
+                    self.correlation_id
+                }
+                fn timestamp(&self) -> DateTime<Utc> {
+                    self.timestamp
+                }
+            }
+
+            impl From<$payload> for FileEvent {
+                fn from(payload: $payload) -> Self {
+                    Self::$payload(payload)
+                }
+            }
+        )+
+
+        /// One of the contract's events, as [`FileEventWriter::add`] takes it (every payload
+        /// converts into it with `into()`).
+        #[derive(Debug, Clone, PartialEq)]
+        pub enum FileEvent {
+            $(
+                #[doc = concat!("[`", stringify!($payload), "`].")]
+                $payload($payload),
+            )+
+        }
+
+        impl FileEvent {
+            /// The outbox event for the payload (see [`outbox_event`]).
+            pub fn to_outbox_event(
+                &self,
+                traceparent: Option<String>,
+                topic_prefix: &str,
+            ) -> Result<NewOutboxEvent, OutboxError> {
+                match self {
+                    $(Self::$payload(payload) => outbox_event(payload, traceparent, topic_prefix),)+
+                }
+            }
+        }
     };
-    outbox_event(
-        route,
-        payload,
-        payload.correlation_id,
-        payload.timestamp,
-        traceparent,
-        topic_prefix,
-    )
 }
 
-/// The outbox event for [`BatchFileRemovedV1`].
-pub fn batch_file_removed_event(
-    payload: &BatchFileRemovedV1,
-    traceparent: Option<String>,
-    topic_prefix: &str,
-) -> Result<NewOutboxEvent, OutboxError> {
-    let route = Route {
-        topic: BATCH_FILE_REMOVED_TOPIC,
-        aggregate_type: "batch",
-        aggregate_id: payload.batch_id.clone(),
-        key: payload.batch_id.clone(),
-    };
-    outbox_event(
-        route,
-        payload,
-        payload.correlation_id,
-        payload.timestamp,
-        traceparent,
-        topic_prefix,
-    )
+contract_events! {
+    EssayContentProvisionedV1: ESSAY_CONTENT_PROVISIONED_TOPIC, "file_upload", file_upload_id;
+    EssayValidationFailedV1: ESSAY_VALIDATION_FAILED_TOPIC, "file_upload", file_upload_id;
+    BatchFileAddedV1: BATCH_FILE_ADDED_TOPIC, "batch", batch_id;
+    BatchFileRemovedV1: BATCH_FILE_REMOVED_TOPIC, "batch", batch_id;
 }
 
-/// The outbox event for [`EssayContentProvisionedV1`].
-pub fn essay_content_provisioned_event(
-    payload: &EssayContentProvisionedV1,
-    traceparent: Option<String>,
-    topic_prefix: &str,
-) -> Result<NewOutboxEvent, OutboxError> {
-    let route = Route {
-        topic: ESSAY_CONTENT_PROVISIONED_TOPIC,
-        aggregate_type: "file_upload",
-        aggregate_id: payload.file_upload_id.to_string(),
-        key: payload.file_upload_id.to_string(),
-    };
-    outbox_event(
-        route,
-        payload,
-        payload.correlation_id,
-        payload.timestamp,
-        traceparent,
-        topic_prefix,
-    )
-}
-
-/// The outbox event for [`EssayValidationFailedV1`].
-pub fn essay_validation_failed_event(
-    payload: &EssayValidationFailedV1,
-    traceparent: Option<String>,
-    topic_prefix: &str,
-) -> Result<NewOutboxEvent, OutboxError> {
-    let route = Route {
-        topic: ESSAY_VALIDATION_FAILED_TOPIC,
-        aggregate_type: "file_upload",
-        aggregate_id: payload.file_upload_id.to_string(),
-        key: payload.file_upload_id.to_string(),
-    };
-    outbox_event(
-        route,
-        payload,
-        payload.correlation_id,
-        payload.timestamp,
-        traceparent,
-        topic_prefix,
-    )
-}
-
-/// Publishes the service's events. Every method writes to the outbox on `txn`, so the event
-/// exists if and only if the caller's business change commits; nothing goes to Kafka directly.
+/// Writes the service's events to the outbox on the caller's transaction, so an event exists if
+/// and only if the caller's business change commits; nothing goes to Kafka here (the relay
+/// sends it after the commit).
 #[async_trait]
-pub trait FileEventPublisher: Interface {
-    /// Writes [`BatchFileAddedV1`].
-    async fn batch_file_added(
+pub trait FileEventWriter: Interface {
+    /// Writes `event` on `txn`, with `traceparent` in its envelope and headers. Refuses, writing
+    /// nothing, an event over the size limit (see [`check_event_size`]).
+    async fn add(
         &self,
         txn: &DatabaseTransaction,
-        payload: &BatchFileAddedV1,
-        traceparent: Option<String>,
-    ) -> Result<EventId, OutboxError>;
-
-    /// Writes [`BatchFileRemovedV1`].
-    async fn batch_file_removed(
-        &self,
-        txn: &DatabaseTransaction,
-        payload: &BatchFileRemovedV1,
-        traceparent: Option<String>,
-    ) -> Result<EventId, OutboxError>;
-
-    /// Writes [`EssayContentProvisionedV1`].
-    async fn essay_content_provisioned(
-        &self,
-        txn: &DatabaseTransaction,
-        payload: &EssayContentProvisionedV1,
-        traceparent: Option<String>,
-    ) -> Result<EventId, OutboxError>;
-
-    /// Writes [`EssayValidationFailedV1`].
-    async fn essay_validation_failed(
-        &self,
-        txn: &DatabaseTransaction,
-        payload: &EssayValidationFailedV1,
+        event: FileEvent,
         traceparent: Option<String>,
     ) -> Result<EventId, OutboxError>;
 }
 
-/// [`FileEventPublisher`] over the injected outbox repository.
-pub struct OutboxFileEventPublisher {
+/// [`FileEventWriter`] over the injected outbox repository.
+pub struct OutboxFileEventWriter {
     outbox: Arc<dyn OutboxRepository>,
     topic_prefix: String,
     max_event_bytes: usize,
@@ -325,16 +284,16 @@ pub fn check_event_size(event: &NewOutboxEvent, max_bytes: usize) -> Result<(), 
     Ok(())
 }
 
-impl std::fmt::Debug for OutboxFileEventPublisher {
+impl std::fmt::Debug for OutboxFileEventWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutboxFileEventPublisher")
+        f.debug_struct("OutboxFileEventWriter")
             .field("topic_prefix", &self.topic_prefix)
             .finish_non_exhaustive()
     }
 }
 
-impl OutboxFileEventPublisher {
-    /// A publisher writing through `outbox`, with `topic_prefix` before every topic.
+impl OutboxFileEventWriter {
+    /// A writer adding through `outbox`, with `topic_prefix` before every topic.
     pub fn new(outbox: Arc<dyn OutboxRepository>, topic_prefix: impl Into<String>) -> Self {
         Self {
             outbox,
@@ -348,38 +307,28 @@ impl OutboxFileEventPublisher {
         self.max_event_bytes = max_bytes;
         self
     }
-
-    async fn add(
-        &self,
-        txn: &DatabaseTransaction,
-        event: Result<NewOutboxEvent, OutboxError>,
-    ) -> Result<EventId, OutboxError> {
-        let event = event?;
-        check_event_size(&event, self.max_event_bytes)?;
-        self.outbox.add_event(txn, event).await
-    }
 }
 
-/// Parameters of [`OutboxFileEventPublisher`] in the service's module.
+/// Parameters of [`OutboxFileEventWriter`] in the service's module.
 #[derive(Debug, Default)]
-pub struct OutboxFileEventPublisherParameters {
+pub struct OutboxFileEventWriterParameters {
     /// Put before every topic name.
     pub topic_prefix: String,
     /// Largest event written; `0` means [`DEFAULT_MAX_EVENT_BYTES`].
     pub max_event_bytes: usize,
 }
 
-impl<M> Component<M> for OutboxFileEventPublisher
+impl<M> Component<M> for OutboxFileEventWriter
 where
     M: Module + HasComponent<dyn OutboxRepository>,
 {
-    type Interface = dyn FileEventPublisher;
-    type Parameters = OutboxFileEventPublisherParameters;
+    type Interface = dyn FileEventWriter;
+    type Parameters = OutboxFileEventWriterParameters;
 
     fn build(
         context: &mut ModuleBuildContext<M>,
         params: Self::Parameters,
-    ) -> Box<dyn FileEventPublisher> {
+    ) -> Box<dyn FileEventWriter> {
         let max_event_bytes = match params.max_event_bytes {
             0 => DEFAULT_MAX_EVENT_BYTES,
             n => n,
@@ -392,57 +341,16 @@ where
 }
 
 #[async_trait]
-impl FileEventPublisher for OutboxFileEventPublisher {
-    async fn batch_file_added(
+impl FileEventWriter for OutboxFileEventWriter {
+    async fn add(
         &self,
         txn: &DatabaseTransaction,
-        payload: &BatchFileAddedV1,
+        event: FileEvent,
         traceparent: Option<String>,
     ) -> Result<EventId, OutboxError> {
-        self.add(
-            txn,
-            batch_file_added_event(payload, traceparent, &self.topic_prefix),
-        )
-        .await
-    }
-
-    async fn batch_file_removed(
-        &self,
-        txn: &DatabaseTransaction,
-        payload: &BatchFileRemovedV1,
-        traceparent: Option<String>,
-    ) -> Result<EventId, OutboxError> {
-        self.add(
-            txn,
-            batch_file_removed_event(payload, traceparent, &self.topic_prefix),
-        )
-        .await
-    }
-
-    async fn essay_content_provisioned(
-        &self,
-        txn: &DatabaseTransaction,
-        payload: &EssayContentProvisionedV1,
-        traceparent: Option<String>,
-    ) -> Result<EventId, OutboxError> {
-        self.add(
-            txn,
-            essay_content_provisioned_event(payload, traceparent, &self.topic_prefix),
-        )
-        .await
-    }
-
-    async fn essay_validation_failed(
-        &self,
-        txn: &DatabaseTransaction,
-        payload: &EssayValidationFailedV1,
-        traceparent: Option<String>,
-    ) -> Result<EventId, OutboxError> {
-        self.add(
-            txn,
-            essay_validation_failed_event(payload, traceparent, &self.topic_prefix),
-        )
-        .await
+        let event = event.to_outbox_event(traceparent, &self.topic_prefix)?;
+        check_event_size(&event, self.max_event_bytes)?;
+        self.outbox.add_event(txn, event).await
     }
 }
 
@@ -494,7 +402,9 @@ mod tests {
             correlation_id: correlation,
             timestamp: now(),
         };
-        let event = batch_file_added_event(&payload, Some(TRACE.into()), "").unwrap();
+        let event = FileEvent::from(payload)
+            .to_outbox_event(Some(TRACE.into()), "")
+            .unwrap();
         assert_eq!(event.topic.as_deref(), Some(BATCH_FILE_ADDED_TOPIC));
         assert_eq!(event.key(), "b-1");
         assert_eq!(
@@ -521,7 +431,9 @@ mod tests {
             correlation_id: correlation,
             timestamp: now(),
         };
-        let event = batch_file_removed_event(&payload, Some(TRACE.into()), "test.").unwrap();
+        let event = FileEvent::from(payload)
+            .to_outbox_event(Some(TRACE.into()), "test.")
+            .unwrap();
         assert_eq!(
             event.topic.as_deref(),
             Some("test.huleedu.file.batch.file.removed.v1")
@@ -549,7 +461,9 @@ mod tests {
             correlation_id: correlation,
             timestamp: now(),
         };
-        let event = essay_content_provisioned_event(&payload, Some(TRACE.into()), "").unwrap();
+        let event = FileEvent::from(payload)
+            .to_outbox_event(Some(TRACE.into()), "")
+            .unwrap();
         assert_eq!(
             event.topic.as_deref(),
             Some(ESSAY_CONTENT_PROVISIONED_TOPIC)
@@ -601,7 +515,7 @@ mod tests {
             correlation_id: correlation,
             timestamp: now(),
         };
-        let event = essay_validation_failed_event(&payload, None, "").unwrap();
+        let event = FileEvent::from(payload).to_outbox_event(None, "").unwrap();
         assert_eq!(event.topic.as_deref(), Some(ESSAY_VALIDATION_FAILED_TOPIC));
         assert_eq!(event.key(), upload.to_string());
         assert!(

@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::access::{AccessError, BatchAccess, claim_locally};
 use crate::db::{file_upload, raw_file, status};
-use crate::events::{BatchFileAddedV1, BatchFileRemovedV1, FileEventPublisher};
+use crate::events::{BatchFileAddedV1, BatchFileRemovedV1, FileEventWriter};
 use crate::metrics as m;
 use crate::processing::{Processor, md5_hex};
 
@@ -44,7 +44,7 @@ pub struct AppState {
     /// The service's database pool.
     pub db: DatabaseConnection,
     /// Writes the service's events to the outbox.
-    pub events: Arc<dyn FileEventPublisher>,
+    pub events: Arc<dyn FileEventWriter>,
     /// Ownership and lock state of batches.
     pub access: Arc<dyn BatchAccess>,
     /// Background processing of uploads.
@@ -601,7 +601,7 @@ async fn upload(
         };
         state
             .events
-            .batch_file_added(&txn, &event, caller.traceparent.clone())
+            .add(&txn, event.into(), caller.traceparent.clone())
             .await?;
         accepted.push(AcceptedFile {
             file_upload_id,
@@ -722,7 +722,7 @@ async fn remove_file(
     };
     state
         .events
-        .batch_file_removed(&txn, &event, caller.traceparent.clone())
+        .add(&txn, event.into(), caller.traceparent.clone())
         .await?;
     txn.commit().await?;
     state.relay.notifier().notify();

@@ -4,7 +4,7 @@
 //! - [`http`]: the routes (`POST /v1/files/batch`, `POST /v1/files/batch/{batch_id}/files`,
 //!   `GET /v1/files/batch/{batch_id}/state`, `DELETE /v1/files/batch/{batch_id}/files/{id}`,
 //!   `/healthz`, `/metrics`); [`http::app`] builds the router;
-//! - [`events`]: the four contract events and [`events::FileEventPublisher`], which writes them
+//! - [`events`]: the four contract events and [`events::FileEventWriter`], which writes them
 //!   to the outbox in the caller's transaction;
 //! - [`processing`]: background extraction, validation and outcome events, never leaving an
 //!   upload behind;

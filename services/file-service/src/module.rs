@@ -1,9 +1,9 @@
-//! The service's shaku module: its event publisher, with the outbox module as a submodule.
+//! The service's shaku module: its event writer, with the outbox module as a submodule.
 
 use outbox_di::{OutboxModule, OutboxPublisher, OutboxRelayWorker, OutboxRepository};
 use shaku::module;
 
-use crate::events::OutboxFileEventPublisher;
+use crate::events::OutboxFileEventWriter;
 
 mod definition {
     #![allow(missing_docs)]
@@ -11,7 +11,7 @@ mod definition {
 
     module! {
         pub FileServiceModule {
-            components = [OutboxFileEventPublisher],
+            components = [OutboxFileEventWriter],
             providers = [],
             use OutboxModule {
                 components = [dyn OutboxRepository, dyn OutboxPublisher, dyn OutboxRelayWorker],
@@ -21,6 +21,6 @@ mod definition {
     }
 }
 
-/// The File Service's module: resolves `dyn FileEventPublisher` (writing through the outbox
+/// The File Service's module: resolves `dyn FileEventWriter` (writing through the outbox
 /// repository) and, from the outbox submodule, the repository, publisher and relay.
 pub use definition::FileServiceModule;

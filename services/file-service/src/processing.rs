@@ -36,7 +36,7 @@ use uuid::Uuid;
 
 use crate::db::{file_upload, raw_file, status};
 use crate::events::{
-    EssayContentProvisionedV1, EssayValidationFailedV1, FileEventPublisher, SOURCE_SERVICE,
+    EssayContentProvisionedV1, EssayValidationFailedV1, FileEventWriter, SOURCE_SERVICE,
     ValidationErrorDetail,
 };
 use crate::extract::{ErrorCode, Rejection, extract_text, validate_content};
@@ -94,7 +94,7 @@ enum Done {
 
 struct Shared {
     db: DatabaseConnection,
-    events: Arc<dyn FileEventPublisher>,
+    events: Arc<dyn FileEventWriter>,
     notifier: RelayNotifier,
     queue: mpsc::UnboundedSender<Uuid>,
     queued: Mutex<HashSet<Uuid>>,
@@ -121,7 +121,7 @@ impl Processor {
     /// Starts the processor's dispatcher and its sweep of pending uploads.
     pub fn start(
         db: DatabaseConnection,
-        events: Arc<dyn FileEventPublisher>,
+        events: Arc<dyn FileEventWriter>,
         notifier: RelayNotifier,
         settings: ProcessingSettings,
     ) -> Self {
@@ -495,7 +495,7 @@ async fn provision(
     };
     shared
         .events
-        .essay_content_provisioned(&txn, &payload, upload.traceparent.clone())
+        .add(&txn, payload.into(), upload.traceparent.clone())
         .await?;
     txn.commit().await?;
     Ok(true)
@@ -545,7 +545,7 @@ async fn reject(
     };
     shared
         .events
-        .essay_validation_failed(&txn, &payload, upload.traceparent.clone())
+        .add(&txn, payload.into(), upload.traceparent.clone())
         .await?;
     txn.commit().await?;
     Ok(true)
