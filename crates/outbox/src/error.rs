@@ -29,3 +29,14 @@ impl From<sea_orm::TransactionError<Error>> for Error {
         }
     }
 }
+
+impl From<Error> for OutboxError {
+    /// For code whose error type speaks `OutboxError`: a SeaORM error becomes
+    /// [`OutboxError::Database`].
+    fn from(error: Error) -> Self {
+        match error {
+            Error::Outbox(e) => e,
+            Error::Database(e) => Self::Database(Box::new(e)),
+        }
+    }
+}

@@ -3,7 +3,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use outbox_di::{OutboxModule, OutboxRelayWorker, OutboxRepository, OutboxSettings};
+use outbox::Outbox;
+use outbox_di::OutboxModule;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -108,10 +109,10 @@ pub async fn create_topics(config: &Config) -> Result<(), ServiceError> {
 /// Wires the service: the outbox module and the service's module on top of it, batch access,
 /// and the upload processor. The relay is not started.
 pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, ServiceError> {
-    let outbox_settings = OutboxSettings::default()
-        .with_relay(config.relay.clone())
-        .with_kafka(config.kafka.clone());
-    let outbox = OutboxModule::from_settings(db.clone(), outbox_settings)?;
+    let builder = Outbox::builder(db.clone())
+        .kafka(config.kafka.clone())
+        .settings(config.relay.clone());
+    let outbox = OutboxModule::from_builder(builder).map_err(outbox_core::OutboxError::from)?;
     let module = FileServiceModule::builder(Arc::new(outbox))
         .with_component_parameters::<OutboxFileEventWriter>(OutboxFileEventWriterParameters {
             topic_prefix: config.topic_prefix.clone(),
@@ -119,8 +120,7 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
         })
         .build();
     let events: Arc<dyn FileEventWriter> = module.resolve();
-    let relay: Arc<dyn OutboxRelayWorker> = module.resolve();
-    let repository: Arc<dyn OutboxRepository> = module.resolve();
+    let outbox: Arc<Outbox> = module.resolve();
     let access: Arc<dyn BatchAccess> = match &config.orchestrator_url {
         Some(url) => Arc::new(Orchestrator::new(url.clone(), config.orchestrator_timeout)?),
         None => Arc::new(LocalOwnership::new(db.clone())),
@@ -128,7 +128,7 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
     let processor = Processor::start(
         db.clone(),
         events.clone(),
-        relay.notifier(),
+        outbox.clone(),
         ProcessingSettings {
             concurrency: config.processing_concurrency,
             max_attempts: config.max_processing_attempts,
@@ -141,8 +141,7 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
         events,
         access,
         processor,
-        relay,
-        outbox: repository,
+        outbox,
         metrics: crate::metrics::handle(),
         max_file_bytes: config.max_file_bytes,
         max_request_bytes: config.max_request_bytes,
@@ -199,7 +198,10 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
         create_topics(&config).await?;
     }
     let state = build(&config, db)?;
-    state.relay.start()?;
+    state
+        .outbox
+        .start()
+        .map_err(outbox_core::OutboxError::from)?;
     let recovered = state.processor.enqueue_pending(None).await?;
     if recovered > 0 {
         info!(
@@ -211,7 +213,7 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.http_port)).await?;
     info!(port = config.http_port, address = %listener.local_addr()?, "file service listening");
     let processor = state.processor.clone();
-    let relay = state.relay.clone();
+    let outbox = state.outbox.clone();
     let admin = config.admin_token.is_some();
     let router = crate::admin::mount(
         app(state.clone()),
@@ -225,7 +227,7 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
         .await?;
 
     processor.stop().await;
-    match relay.stop().await {
+    match outbox.stop().await.map_err(outbox_core::OutboxError::from) {
         Ok(()) => info!("file service stopped"),
         Err(e) => {
             warn!(error = %e, "the relay did not stop cleanly; unsent events stay in the outbox");

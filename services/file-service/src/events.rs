@@ -1,15 +1,12 @@
 //! The four events of the File Service contract, and the writer that adds them to the outbox
 //! inside the caller's transaction.
 
-use std::sync::Arc;
-
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use outbox::OutboxTransaction;
 use outbox_core::{EventEnvelope, EventId, NewOutboxEvent, OutboxError};
-use outbox_di::OutboxRepository;
-use sea_orm::DatabaseTransaction;
 use serde::{Deserialize, Serialize};
-use shaku::{Component, HasComponent, Interface, Module, ModuleBuildContext};
+use shaku::{Component, Interface, Module, ModuleBuildContext};
 use uuid::Uuid;
 
 /// The `source_service` of every envelope.
@@ -247,15 +244,14 @@ pub trait FileEventWriter: Interface {
     /// nothing, an event over the size limit (see [`check_event_size`]).
     async fn add(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &OutboxTransaction,
         event: FileEvent,
         traceparent: Option<String>,
     ) -> Result<EventId, OutboxError>;
 }
 
-/// [`FileEventWriter`] over the injected outbox repository.
+/// [`FileEventWriter`] adding to the outbox transaction it is given.
 pub struct OutboxFileEventWriter {
-    outbox: Arc<dyn OutboxRepository>,
     topic_prefix: String,
     max_event_bytes: usize,
 }
@@ -293,10 +289,9 @@ impl std::fmt::Debug for OutboxFileEventWriter {
 }
 
 impl OutboxFileEventWriter {
-    /// A writer adding through `outbox`, with `topic_prefix` before every topic.
-    pub fn new(outbox: Arc<dyn OutboxRepository>, topic_prefix: impl Into<String>) -> Self {
+    /// A writer with `topic_prefix` before every topic.
+    pub fn new(topic_prefix: impl Into<String>) -> Self {
         Self {
-            outbox,
             topic_prefix: topic_prefix.into(),
             max_event_bytes: DEFAULT_MAX_EVENT_BYTES,
         }
@@ -318,25 +313,16 @@ pub struct OutboxFileEventWriterParameters {
     pub max_event_bytes: usize,
 }
 
-impl<M> Component<M> for OutboxFileEventWriter
-where
-    M: Module + HasComponent<dyn OutboxRepository>,
-{
+impl<M: Module> Component<M> for OutboxFileEventWriter {
     type Interface = dyn FileEventWriter;
     type Parameters = OutboxFileEventWriterParameters;
 
-    fn build(
-        context: &mut ModuleBuildContext<M>,
-        params: Self::Parameters,
-    ) -> Box<dyn FileEventWriter> {
+    fn build(_: &mut ModuleBuildContext<M>, params: Self::Parameters) -> Box<dyn FileEventWriter> {
         let max_event_bytes = match params.max_event_bytes {
             0 => DEFAULT_MAX_EVENT_BYTES,
             n => n,
         };
-        Box::new(
-            Self::new(M::build_component(context), params.topic_prefix)
-                .with_max_event_bytes(max_event_bytes),
-        )
+        Box::new(Self::new(params.topic_prefix).with_max_event_bytes(max_event_bytes))
     }
 }
 
@@ -344,13 +330,13 @@ where
 impl FileEventWriter for OutboxFileEventWriter {
     async fn add(
         &self,
-        txn: &DatabaseTransaction,
+        txn: &OutboxTransaction,
         event: FileEvent,
         traceparent: Option<String>,
     ) -> Result<EventId, OutboxError> {
         let event = event.to_outbox_event(traceparent, &self.topic_prefix)?;
         check_event_size(&event, self.max_event_bytes)?;
-        self.outbox.add_event(txn, event).await
+        Ok(txn.add(event).await?)
     }
 }
 

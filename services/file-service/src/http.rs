@@ -13,10 +13,10 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use chrono::{DateTime, SubsecRound, Utc};
 use metrics_exporter_prometheus::PrometheusHandle;
-use outbox_di::{OutboxRelayWorker, OutboxRepository};
+use outbox::Outbox;
 use sea_orm::{
     ActiveValue::Set, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
-    QueryFilter, QueryOrder, Statement, TransactionTrait,
+    QueryFilter, QueryOrder, Statement,
 };
 use serde::Serialize;
 use tracing::{info, warn};
@@ -49,10 +49,9 @@ pub struct AppState {
     pub access: Arc<dyn BatchAccess>,
     /// Background processing of uploads.
     pub processor: Processor,
-    /// The relay: woken after commits, reported by `/healthz`.
-    pub relay: Arc<dyn OutboxRelayWorker>,
-    /// The outbox repository, for the backlog in `/healthz`.
-    pub outbox: Arc<dyn OutboxRepository>,
+    /// The outbox: transactions whose commit wakes the relay; the relay's state and the backlog
+    /// for `/healthz`.
+    pub outbox: Arc<Outbox>,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
     /// Largest accepted file.
@@ -163,6 +162,12 @@ impl From<AccessError> for ApiError {
 impl From<sea_orm::DbErr> for ApiError {
     fn from(error: sea_orm::DbErr) -> Self {
         Self::internal(error)
+    }
+}
+
+impl From<outbox::Error> for ApiError {
+    fn from(error: outbox::Error) -> Self {
+        outbox_core::OutboxError::from(error).into()
     }
 }
 
@@ -550,7 +555,7 @@ async fn upload(
         .await?;
 
     let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
-    let txn = state.db.begin().await?;
+    let txn = state.outbox.begin().await?;
     if state.access.claims_locally() {
         claim_locally(&txn, &batch_id, &caller.user_id).await?;
     }
@@ -609,7 +614,6 @@ async fn upload(
         });
     }
     txn.commit().await?;
-    state.relay.notifier().notify();
     for file in &accepted {
         state.processor.enqueue(file.file_upload_id);
     }
@@ -696,7 +700,7 @@ async fn remove_file(
         .await?;
 
     let now: DateTime<Utc> = Utc::now().trunc_subsecs(6);
-    let txn = state.db.begin().await?;
+    let txn = state.outbox.begin().await?;
     let removed = txn
         .query_one(Statement::from_sql_and_values(
             DbBackend::Postgres,
@@ -725,7 +729,6 @@ async fn remove_file(
         .add(&txn, event.into(), caller.traceparent.clone())
         .await?;
     txn.commit().await?;
-    state.relay.notifier().notify();
     metrics::counter!(m::FILES_REMOVED_TOTAL).increment(1);
     info!(
         batch_id = %batch_id,
@@ -759,7 +762,7 @@ async fn healthz(State(state): State<AppState>) -> Response {
     } else {
         None
     };
-    let relay = state.relay.status();
+    let relay = state.outbox.status().unwrap_or_default();
     let healthy = database_ok && relay.running;
     let body = serde_json::json!({
         "status": if healthy { "ok" } else { "unavailable" },

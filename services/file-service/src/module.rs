@@ -1,6 +1,7 @@
 //! The service's shaku module: its event writer, with the outbox module as a submodule.
 
-use outbox_di::{OutboxModule, OutboxPublisher, OutboxRelayWorker, OutboxRepository};
+use outbox::Outbox;
+use outbox_di::OutboxModule;
 use shaku::module;
 
 use crate::events::OutboxFileEventWriter;
@@ -14,13 +15,13 @@ mod definition {
             components = [OutboxFileEventWriter],
             providers = [],
             use OutboxModule {
-                components = [dyn OutboxRepository, dyn OutboxPublisher, dyn OutboxRelayWorker],
+                components = [Outbox],
                 providers = []
             }
         }
     }
 }
 
-/// The File Service's module: resolves `dyn FileEventWriter` (writing through the outbox
-/// repository) and, from the outbox submodule, the repository, publisher and relay.
+/// The File Service's module: resolves `dyn FileEventWriter` and, from the outbox submodule, the
+/// `Outbox` (its store and relay).
 pub use definition::FileServiceModule;

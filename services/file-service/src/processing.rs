@@ -25,10 +25,9 @@ use std::time::{Duration, Instant};
 
 use chrono::{SubsecRound, Utc};
 use md5::Digest;
-use outbox_core::RelayNotifier;
+use outbox::{Outbox, OutboxTransaction};
 use sea_orm::{
     ConnectionTrait, DatabaseConnection, DatabaseTransaction, DbBackend, EntityTrait, Statement,
-    TransactionTrait,
 };
 use tokio::sync::{Semaphore, mpsc};
 use tracing::{error, info, warn};
@@ -95,7 +94,7 @@ enum Done {
 struct Shared {
     db: DatabaseConnection,
     events: Arc<dyn FileEventWriter>,
-    notifier: RelayNotifier,
+    outbox: Arc<Outbox>,
     queue: mpsc::UnboundedSender<Uuid>,
     queued: Mutex<HashSet<Uuid>>,
     slots: Arc<Semaphore>,
@@ -122,7 +121,7 @@ impl Processor {
     pub fn start(
         db: DatabaseConnection,
         events: Arc<dyn FileEventWriter>,
-        notifier: RelayNotifier,
+        outbox: Arc<Outbox>,
         settings: ProcessingSettings,
     ) -> Self {
         let (queue, mut receiver) = mpsc::unbounded_channel::<Uuid>();
@@ -130,7 +129,7 @@ impl Processor {
         let shared = Arc::new(Shared {
             db,
             events,
-            notifier,
+            outbox,
             queue,
             queued: Mutex::default(),
             slots: Arc::new(Semaphore::new(concurrency as usize)),
@@ -316,7 +315,7 @@ async fn extract(
 async fn process(shared: &Shared, id: Uuid) -> Done {
     let started = Instant::now();
     let retry = |attempts: u32, why: String| Done::Retry { attempts, why };
-    let txn = match shared.db.begin().await {
+    let txn = match shared.outbox.begin().await {
         Ok(txn) => txn,
         Err(e) => return retry(1, e.to_string()),
     };
@@ -380,7 +379,6 @@ async fn process(shared: &Shared, id: Uuid) -> Done {
     };
     match written {
         Ok(true) => {
-            shared.notifier.notify();
             let (outcome, code) = match &result {
                 Ok(_) => (status::COMPLETED, ""),
                 Err(r) => (status::FAILED, r.code.as_str()),
@@ -448,13 +446,15 @@ enum WriteError {
     Database(#[from] sea_orm::DbErr),
     #[error(transparent)]
     Outbox(#[from] outbox_core::OutboxError),
+    #[error(transparent)]
+    Transaction(#[from] outbox::Error),
 }
 
 /// Stores the text, completes the upload and writes `EssayContentProvisionedV1`, in `txn` (the
 /// one holding the upload's lock).
 async fn provision(
     shared: &Shared,
-    txn: DatabaseTransaction,
+    txn: OutboxTransaction,
     upload: &file_upload::Model,
     text: &str,
 ) -> Result<bool, WriteError> {
@@ -505,7 +505,7 @@ async fn provision(
 /// upload's lock).
 async fn reject(
     shared: &Shared,
-    txn: DatabaseTransaction,
+    txn: OutboxTransaction,
     upload: &file_upload::Model,
     rejection: &Rejection,
 ) -> Result<bool, WriteError> {

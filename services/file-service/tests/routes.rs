@@ -549,14 +549,14 @@ async fn healthz_reports_the_outbox_and_metrics_render() {
         ),
     )
     .await;
-    s.state.relay.start().unwrap();
+    s.state.outbox.start().unwrap();
     let (code, _, body) = send(&s.app, health()).await;
     assert_eq!(code, StatusCode::OK, "{body}");
     assert_eq!(body["status"], "ok");
     assert_eq!(body["database"]["ok"], true);
     assert!(body["outbox"]["pending"].is_u64());
     assert!(body["outbox"]["oldest_pending_age_seconds"].is_f64());
-    s.state.relay.stop().await.ok();
+    s.state.outbox.stop().await.ok();
 
     let (code, _, text) = send(
         &s.app,
