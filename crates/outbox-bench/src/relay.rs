@@ -170,9 +170,9 @@ impl RelayStore for TimedStore {
         Ok(batch)
     }
 
-    async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError> {
+    async fn acknowledge(&self, ids: &[i64], keep: bool) -> Result<u64, OutboxError> {
         let start = Instant::now();
-        let done = self.inner.acknowledge(ids).await?;
+        let done = self.inner.acknowledge(ids, keep).await?;
         self.probe.record(Step::Ack, start);
         if let Some(&max) = ids.iter().max() {
             self.probe.max_acked_id.fetch_max(max, Ordering::SeqCst);

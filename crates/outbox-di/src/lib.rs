@@ -283,9 +283,7 @@ impl OutboxModule {
         settings: OutboxSettings,
     ) -> Result<Self, OutboxError> {
         settings.relay.validate()?;
-        let mut repository = PostgresOutbox::new(db)?
-            .with_mapper(settings.mapper)
-            .with_retention(settings.relay.retention);
+        let mut repository = PostgresOutbox::new(db)?.with_mapper(settings.mapper);
         if let Some(key) = settings.lock_key {
             repository = repository.with_lock_key(key);
         }

@@ -239,7 +239,6 @@ struct Session {
 pub struct PostgresOutbox {
     db: DatabaseConnection,
     mapper: Arc<dyn EventTypeMapper>,
-    retention: Option<Duration>,
     lock_key: Option<i64>,
     session: Mutex<Option<Session>>,
     wake: PgWake,
@@ -252,7 +251,6 @@ pub struct PostgresOutbox {
 impl std::fmt::Debug for PostgresOutbox {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PostgresOutbox")
-            .field("retention", &self.retention)
             .field("lock_key", &self.lock_key)
             .finish_non_exhaustive()
     }
@@ -279,8 +277,7 @@ fn truncate(message: &str) -> String {
 
 impl PostgresOutbox {
     /// A repository over `db`, which must be a PostgreSQL connection pool. Events must carry
-    /// their topic until a mapper is set with [`with_mapper`](Self::with_mapper); published rows
-    /// are deleted until a retention is set.
+    /// their topic until a mapper is set with [`with_mapper`](Self::with_mapper).
     pub fn new(db: DatabaseConnection) -> Result<Self, OutboxError> {
         if !matches!(db, DatabaseConnection::SqlxPostgresPoolConnection(_)) {
             return Err(OutboxError::Config(
@@ -291,7 +288,6 @@ impl PostgresOutbox {
             wake: PgWake::new(db.get_postgres_connection_pool().clone()),
             db,
             mapper: Arc::new(TopicMap::new()),
-            retention: None,
             lock_key: None,
             session: Mutex::new(None),
             backend_check_interval: BACKEND_CHECK_INTERVAL,
@@ -303,14 +299,6 @@ impl PostgresOutbox {
     /// Chooses topics for events written without one.
     pub fn with_mapper(mut self, mapper: Arc<dyn EventTypeMapper>) -> Self {
         self.mapper = mapper;
-        self
-    }
-
-    /// Keeps published rows for `retention` (marked with `published_at`) instead of deleting
-    /// them on acknowledgement; [`OutboxCleanup::delete_expired`] removes them later. `None`
-    /// (the default) deletes at once.
-    pub fn with_retention(mut self, retention: Option<Duration>) -> Self {
-        self.retention = retention;
         self
     }
 
@@ -887,11 +875,11 @@ impl RelayStore for PostgresOutbox {
         .await
     }
 
-    async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError> {
+    async fn acknowledge(&self, ids: &[i64], keep: bool) -> Result<u64, OutboxError> {
         if ids.is_empty() {
             return Ok(0);
         }
-        let sql = if self.retention.is_some() {
+        let sql = if keep {
             MARK_PUBLISHED
         } else {
             DELETE_PUBLISHED
@@ -1149,17 +1137,14 @@ impl DeadLetterStore for PostgresOutbox {
 
 #[async_trait]
 impl OutboxCleanup for PostgresOutbox {
-    async fn delete_expired(&self, limit: u64) -> Result<u64, OutboxError> {
-        let Some(retention) = self.retention else {
-            return Ok(0);
-        };
+    async fn delete_expired(&self, older_than: Duration, limit: u64) -> Result<u64, OutboxError> {
         let result = self
             .db
             .execute(Statement::from_sql_and_values(
                 DbBackend::Postgres,
                 DELETE_EXPIRED,
                 [
-                    retention.as_secs_f64().into(),
+                    older_than.as_secs_f64().into(),
                     i64::try_from(limit).unwrap_or(i64::MAX).into(),
                 ],
             ))
