@@ -226,20 +226,11 @@ async fn the_claim_reads_the_pending_index_on_a_large_backlog() {
     )
     .await
     .unwrap();
-    let claim = outbox_seaorm::CLAIM
-        .replace("$1", "500")
-        .replace("$2", "'0'")
-        .replace("$3", "0");
-    let lines = conn
-        .query_all(Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            format!("EXPLAIN {claim}"),
-        ))
+    let lines = PostgresOutbox::new(conn.clone())
+        .unwrap()
+        .explain_claim(500, None, false)
         .await
         .unwrap()
-        .into_iter()
-        .map(|row| row.try_get_by_index::<String>(0).unwrap())
-        .collect::<Vec<_>>()
         .join("\n");
     assert!(
         lines.contains("event_outbox_claim_idx"),
