@@ -7,7 +7,7 @@
 //! - [`PostgresOutbox`]: the repository. It adds events on your transaction
 //!   ([`OutboxWriter`](outbox_core::OutboxWriter)), serves the relay worker
 //!   ([`RelayStore`](outbox_core::RelayStore), with one active relay elected by an advisory
-//!   lock), and lists, replays and discards dead letters.
+//!   lock), and lists, replays and discards dead letters;
 //! - [`WAKE_SQL`]: what a writer in another process runs after its commit to wake the relay.
 //!
 //! # Example
