@@ -258,7 +258,7 @@ async fn pool_nodelay(env: &Env, turn_off: bool) -> Result<()> {
     Ok(())
 }
 
-/// The relay's acknowledgement statement (`PostgresOutbox::acknowledge` without retention).
+/// The relay's acknowledgement statement (`PostgresOutbox::acknowledge` without `keep`).
 const DELETE_PUBLISHED: &str = "DELETE FROM event_outbox WHERE id = ANY($1)";
 
 /// Inserts `n` small rows and returns their ids.

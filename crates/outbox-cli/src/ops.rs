@@ -6,10 +6,9 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use outbox_core::{DeadLetterFilter, DeadLetterStore, OutboxError, RelayStore};
-use outbox_seaorm::{PostgresOutbox, dead_letter_condition, entity};
+use outbox_seaorm::{PostgresOutbox, entity};
 use sea_orm::{
-    ColumnTrait, Condition, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
-    QueryOrder, QuerySelect,
+    ColumnTrait, DatabaseConnection, PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Select,
 };
 use serde::{Deserialize, Serialize};
 use tracing::info;
@@ -212,11 +211,11 @@ impl Target {
         }
     }
 
-    fn condition(&self, now: DateTime<Utc>) -> Result<Condition, OpsError> {
+    fn query(&self, now: DateTime<Utc>) -> Result<Select<entity::Entity>, OpsError> {
         Ok(match self {
-            Target::Ids(ids) => dead_letter_condition(&DeadLetterFilter::default())
-                .add(entity::Column::Id.is_in(ids.iter().copied())),
-            Target::Matching(filter) => dead_letter_condition(&filter.resolve(now)?),
+            Target::Ids(ids) => entity::Entity::find_dead_letters(&DeadLetterFilter::default())
+                .filter(entity::Column::Id.is_in(ids.iter().copied())),
+            Target::Matching(filter) => entity::Entity::find_dead_letters(&filter.resolve(now)?),
         })
     }
 }
@@ -359,12 +358,11 @@ impl Operations {
                 "limit must be between 1 and {MAX_PAGE}"
             )));
         }
-        let mut condition = dead_letter_condition(&filter.resolve(Utc::now())?);
+        let mut query = entity::Entity::find_dead_letters(&filter.resolve(Utc::now())?);
         if let Some(after) = after {
-            condition = condition.add(entity::Column::Id.gt(after));
+            query = query.filter(entity::Column::Id.gt(after));
         }
-        let models = entity::Entity::find()
-            .filter(condition)
+        let models = query
             .order_by_asc(entity::Column::Id)
             .limit(limit)
             .all(&self.db)
@@ -381,10 +379,8 @@ impl Operations {
 
     /// The dead letter with this row id, in full.
     pub async fn show(&self, id: i64) -> Result<DeadLetterDetail, OpsError> {
-        let model = entity::Entity::find()
-            .filter(
-                dead_letter_condition(&DeadLetterFilter::default()).add(entity::Column::Id.eq(id)),
-            )
+        let model = entity::Entity::find_dead_letters(&DeadLetterFilter::default())
+            .filter(entity::Column::Id.eq(id))
             .one(&self.db)
             .await?
             .ok_or(OpsError::NotFound(id))?;
@@ -411,10 +407,7 @@ impl Operations {
     ) -> Result<Outcome, OpsError> {
         let now = Utc::now();
         let count = if dry_run {
-            entity::Entity::find()
-                .filter(target.condition(now)?)
-                .count(&self.db)
-                .await?
+            target.query(now)?.count(&self.db).await?
         } else {
             match (action, target) {
                 (Action::Replay, Target::Ids(ids)) => self.outbox.replay(ids).await?,

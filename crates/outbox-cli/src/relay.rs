@@ -178,7 +178,7 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
     {
         return Err(RelayError::NotMigrated);
     }
-    let outbox = Arc::new(PostgresOutbox::new(db.clone())?.with_retention(config.relay.retention));
+    let outbox = Arc::new(PostgresOutbox::new(db.clone())?);
     let publisher = Arc::new(KafkaPublisher::new(config.kafka.clone())?);
     let store: Arc<dyn RelayStore> = outbox.clone();
     let cleanup: Arc<dyn OutboxCleanup> = outbox.clone();

@@ -47,9 +47,6 @@ pub trait ConformanceTarget: Send + Sync {
     /// A new store on this outbox, as another relay process would have (each call a new one).
     async fn store(&self) -> Arc<Self::Store>;
 
-    /// A new store on this outbox that keeps published rows for `retention`.
-    async fn store_with_retention(&self, retention: Duration) -> Arc<Self::Store>;
-
     /// Adds `event` (committed) and returns its row id.
     async fn add(&self, event: NewOutboxEvent) -> i64;
 
@@ -244,7 +241,7 @@ pub async fn an_open_transaction_holds_the_horizon<T: ConformanceTarget>(target:
     let cursor = batch.cursor;
     let stats = store.stats().await.unwrap();
     assert!(stats.horizon_wait.is_some(), "{stats:?}");
-    store.acknowledge(&[first]).await.unwrap();
+    store.acknowledge(&[first], false).await.unwrap();
 
     target.commit_open().await;
     assert_eq!(ids(&claim(&*store, 10, cursor).await), [open, later]);
@@ -256,56 +253,73 @@ pub async fn acknowledged_events_are_deleted<T: ConformanceTarget>(target: &T) {
     let store = leader(target).await;
     let a = target.add(event("a", "T")).await;
     let b = target.add(event("b", "T")).await;
-    assert_eq!(store.acknowledge(&[a]).await.unwrap(), 1);
+    assert_eq!(store.acknowledge(&[a], false).await.unwrap(), 1);
     assert_eq!(target.row(a).await, None);
     assert_eq!(ids(&claim(&*store, 10, None).await), [b]);
-    assert_eq!(store.acknowledge(&[a, 999_999]).await.unwrap(), 0);
-    assert_eq!(store.acknowledge(&[]).await.unwrap(), 0);
+    assert_eq!(store.acknowledge(&[a, 999_999], false).await.unwrap(), 0);
+    assert_eq!(store.acknowledge(&[], false).await.unwrap(), 0);
 }
 
-/// Under retention, acknowledged rows are kept (marked published, never claimed again) and
-/// cleanup deletes expired ones in batches of at most its limit.
+/// Acknowledged with `keep`, rows are kept (marked published, never claimed again) by a store
+/// built with no retention option of its own; cleanup deletes those published longer ago than
+/// the age it is given, in batches of at most its limit, and never a pending row. Without
+/// `keep`, acknowledged rows are deleted at once.
 pub async fn retention_keeps_rows_until_cleanup<T: ConformanceTarget>(target: &T) {
-    let store = target
-        .store_with_retention(Duration::from_millis(300))
-        .await;
-    assert!(store.acquire_leadership().await.unwrap());
+    let store = leader(target).await;
     let mut added = Vec::new();
     for n in 0..5 {
         added.push(target.add(event(&format!("k{n}"), "T")).await);
     }
-    assert_eq!(store.acknowledge(&added).await.unwrap(), 5);
-    assert_eq!(store.acknowledge(&added).await.unwrap(), 0, "once only");
+    assert_eq!(store.acknowledge(&added, true).await.unwrap(), 5);
+    assert_eq!(
+        store.acknowledge(&added, true).await.unwrap(),
+        0,
+        "once only"
+    );
     for id in &added {
-        let row = target.row(*id).await.expect("kept under retention");
+        let row = target.row(*id).await.expect("kept when told to");
         assert!(row.published);
     }
     // Nothing to wait for here: whatever the horizon, published rows are never claimed.
     assert_eq!(store.claim_batch(10, None).await.unwrap().events, []);
     assert_eq!(store.stats().await.unwrap().pending, 0);
+    let pending = target.add(event("p", "T")).await;
+    let age = Duration::from_millis(300);
     assert_eq!(
-        store.delete_expired(10).await.unwrap(),
+        store.delete_expired(age, 10).await.unwrap(),
         0,
         "not expired yet"
     );
 
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
-        store.delete_expired(2).await.unwrap(),
+        store
+            .delete_expired(Duration::from_secs(3600), 10)
+            .await
+            .unwrap(),
+        0,
+        "younger than the age given"
+    );
+    assert_eq!(
+        store.delete_expired(age, 2).await.unwrap(),
         2,
         "bounded by the limit"
     );
-    assert_eq!(store.delete_expired(10).await.unwrap(), 3);
-    assert_eq!(store.delete_expired(10).await.unwrap(), 0);
+    assert_eq!(store.delete_expired(age, 10).await.unwrap(), 3);
+    assert_eq!(store.delete_expired(age, 10).await.unwrap(), 0);
     for id in &added {
         assert_eq!(target.row(*id).await, None);
     }
+    assert!(
+        target.row(pending).await.is_some_and(|r| !r.published),
+        "cleanup never deletes a pending row"
+    );
 
-    let deleting = target.store().await;
+    assert_eq!(store.acknowledge(&[pending], false).await.unwrap(), 1);
     assert_eq!(
-        deleting.delete_expired(10).await.unwrap(),
-        0,
-        "without retention cleanup has nothing to do"
+        target.row(pending).await,
+        None,
+        "without keep, deleted at once"
     );
 }
 
@@ -473,7 +487,7 @@ pub async fn only_one_store_leads<T: ConformanceTarget>(target: &T) {
         Err(OutboxError::LeadershipLost)
     ));
     assert!(matches!(
-        second.acknowledge(&[id]).await,
+        second.acknowledge(&[id], false).await,
         Err(OutboxError::LeadershipLost)
     ));
     assert!(matches!(
@@ -492,7 +506,7 @@ pub async fn only_one_store_leads<T: ConformanceTarget>(target: &T) {
 pub async fn failures_of_gone_rows_are_harmless<T: ConformanceTarget>(target: &T) {
     let store = leader(target).await;
     let id = target.add(event("a", "T")).await;
-    store.acknowledge(&[id]).await.unwrap();
+    store.acknowledge(&[id], false).await.unwrap();
     store
         .record_failures(&[dead(id), retry(987_654, Duration::ZERO)])
         .await
@@ -555,10 +569,6 @@ impl ConformanceTarget for MemoryTarget {
 
     async fn store(&self) -> Arc<Self::Store> {
         self.0.handle()
-    }
-
-    async fn store_with_retention(&self, retention: Duration) -> Arc<Self::Store> {
-        self.0.handle_with_retention(retention)
     }
 
     async fn add(&self, event: NewOutboxEvent) -> i64 {

@@ -157,9 +157,12 @@ pub trait RelayStore: Send + Sync {
         after: Option<ClaimCursor>,
     ) -> Result<ClaimedBatch, OutboxError>;
 
-    /// Marks events as published, in one statement: deletes them, or records the publication
-    /// time when published rows are kept for a retention period. Returns the rows affected.
-    async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError>;
+    /// Marks events as published, in one statement, and returns the rows affected: deletes them,
+    /// or with `keep` records their publication time instead, so they stay until
+    /// [`OutboxCleanup::delete_expired`] removes them. The relay passes `keep` when
+    /// [`RelaySettings::retention`](crate::RelaySettings::retention) is set: the store holds no
+    /// retention setting of its own.
+    async fn acknowledge(&self, ids: &[i64], keep: bool) -> Result<u64, OutboxError>;
 
     /// Records failed attempts and held events: counts the attempt (not for
     /// [`FailureOutcome::Held`]), stores the error, and parks the row for a retry (the delay
@@ -242,7 +245,8 @@ pub trait DeadLetterStore: Send + Sync {
 /// Deleting published rows kept for a retention period, in bounded batches.
 #[async_trait]
 pub trait OutboxCleanup: Send + Sync {
-    /// Deletes up to `limit` published rows older than the retention period and returns how many
-    /// it deleted (0 when rows are deleted on acknowledgement).
-    async fn delete_expired(&self, limit: u64) -> Result<u64, OutboxError>;
+    /// Deletes up to `limit` rows published (acknowledged with `keep`) more than `older_than`
+    /// ago, oldest first, and returns how many it deleted. The relay passes
+    /// [`RelaySettings::retention`](crate::RelaySettings::retention).
+    async fn delete_expired(&self, older_than: Duration, limit: u64) -> Result<u64, OutboxError>;
 }

@@ -78,7 +78,6 @@ struct Shared {
 pub struct MemoryStore {
     shared: Arc<Shared>,
     id: u64,
-    retain: Option<Duration>,
     /// This handle believes it leads (like a PostgreSQL session holding the lock): acquiring
     /// is then free, and a revoked leadership shows up only at the next claim.
     held: AtomicBool,
@@ -95,22 +94,16 @@ pub struct MemoryStore {
 }
 
 impl MemoryStore {
-    /// An empty store that deletes rows on acknowledgement.
+    /// An empty store.
     pub fn new() -> Arc<Self> {
-        Self::build(Arc::default(), None)
+        Self::build(Arc::default())
     }
 
-    /// An empty store that keeps published rows for `retention`.
-    pub fn with_retention(retention: Duration) -> Arc<Self> {
-        Self::build(Arc::default(), Some(retention))
-    }
-
-    fn build(shared: Arc<Shared>, retain: Option<Duration>) -> Arc<Self> {
+    fn build(shared: Arc<Shared>) -> Arc<Self> {
         let id = shared.next_handle.fetch_add(1, Ordering::SeqCst);
         Arc::new(Self {
             shared,
             id,
-            retain,
             held: AtomicBool::new(false),
             unavailable: AtomicBool::new(false),
             failing_acks: AtomicUsize::new(0),
@@ -122,12 +115,7 @@ impl MemoryStore {
 
     /// Another handle on the same outbox (another relay process).
     pub fn handle(&self) -> Arc<Self> {
-        Self::build(self.shared.clone(), self.retain)
-    }
-
-    /// Another handle on the same outbox that keeps published rows for `retention`.
-    pub fn handle_with_retention(&self, retention: Duration) -> Arc<Self> {
-        Self::build(self.shared.clone(), Some(retention))
+        Self::build(self.shared.clone())
     }
 
     /// Adds an event (its topic defaults to `test-topic`) in a transaction of its own, committed
@@ -446,7 +434,7 @@ impl RelayStore for MemoryStore {
         })
     }
 
-    async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError> {
+    async fn acknowledge(&self, ids: &[i64], keep: bool) -> Result<u64, OutboxError> {
         self.call()?;
         if self
             .failing_acks
@@ -461,7 +449,7 @@ impl RelayStore for MemoryStore {
         let mut rows = lock(&self.shared.rows);
         let mut n = 0;
         for id in ids {
-            if self.retain.is_some() {
+            if keep {
                 if let Some(row) = rows.get_mut(id).filter(|r| r.published_at.is_none()) {
                     row.published_at = Some(Utc::now());
                     n += 1;
@@ -530,12 +518,9 @@ impl RelayStore for MemoryStore {
 
 #[async_trait]
 impl OutboxCleanup for MemoryStore {
-    async fn delete_expired(&self, limit: u64) -> Result<u64, OutboxError> {
+    async fn delete_expired(&self, older_than: Duration, limit: u64) -> Result<u64, OutboxError> {
         self.call()?;
-        let Some(retention) = self.retain else {
-            return Ok(0);
-        };
-        let cutoff = Utc::now() - chrono::Duration::from_std(retention).unwrap_or_default();
+        let cutoff = Utc::now() - chrono::Duration::from_std(older_than).unwrap_or_default();
         let mut rows = lock(&self.shared.rows);
         let expired: Vec<i64> = rows
             .values()

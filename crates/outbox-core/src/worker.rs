@@ -823,7 +823,10 @@ async fn write_back(shared: &Shared, outcome: &Outcome) -> Result<(), OutboxErro
         return Ok(());
     }
     if !outcome.published.is_empty() {
-        shared.store.acknowledge(&outcome.published).await?;
+        shared
+            .store
+            .acknowledge(&outcome.published, shared.settings.retention.is_some())
+            .await?;
         shared.unacknowledged.store(0, Ordering::SeqCst);
         let mut status = shared.status();
         status.relayed += outcome.published.len() as u64;
@@ -875,7 +878,10 @@ async fn housekeeping(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             last_cleanup = Instant::now();
             let mut deleted = 0u64;
             loop {
-                match cleanup.delete_expired(settings.cleanup_batch_size).await {
+                match cleanup
+                    .delete_expired(retention, settings.cleanup_batch_size)
+                    .await
+                {
                     Ok(n) => {
                         deleted += n;
                         if n < settings.cleanup_batch_size || *stop.borrow() {

@@ -103,7 +103,7 @@ async fn relays_everything_in_id_order_across_batches_and_deletes_it() {
 
 #[tokio::test]
 async fn retention_keeps_published_rows_until_cleanup_deletes_them() {
-    let store = MemoryStore::with_retention(Duration::from_millis(150));
+    let store = MemoryStore::new();
     let publisher = MemoryPublisher::new();
     for n in 0..5 {
         store.add(event("a", n));
@@ -850,7 +850,7 @@ async fn an_event_refused_after_sending_does_not_hold_back_what_was_already_sent
 
 #[tokio::test]
 async fn cleanup_deletes_in_bounded_batches_and_survives_a_database_blip() {
-    let store = MemoryStore::with_retention(Duration::from_millis(50));
+    let store = MemoryStore::new();
     let publisher = MemoryPublisher::new();
     for n in 0..5 {
         store.add(event(&format!("k{n}"), n));

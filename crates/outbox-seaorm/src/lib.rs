@@ -7,7 +7,8 @@
 //! - [`PostgresOutbox`]: the repository. It adds events on your transaction
 //!   ([`OutboxWriter`](outbox_core::OutboxWriter)), serves the relay worker
 //!   ([`RelayStore`](outbox_core::RelayStore), with one active relay elected by an advisory
-//!   lock), and lists, replays and discards dead letters.
+//!   lock), and lists, replays and discards dead letters;
+//! - [`WAKE_SQL`]: what a writer in another process runs after its commit to wake the relay.
 //!
 //! # Example
 //!
@@ -33,13 +34,46 @@
 //! txn.commit().await?;
 //! # Ok(()) }
 //! ```
+//!
+//! # Inside
+//!
+//! The repository is split by concern, each module with its statements in `sql/` (included at
+//! compile time; only what must be built at run time, a multi-row `VALUES` list or the lock's
+//! key, is written in Rust). Each concern has one query style, for a reason:
+//!
+//! - **writing** (`write`): a SeaORM `Statement` on the caller's connection or transaction,
+//!   because the event must commit with the business change, on the SeaORM type the caller
+//!   holds;
+//! - **leadership** (`leadership`): sqlx on a connection of the relay's own, detached from the
+//!   pool, because the advisory lock lives as long as that session; the statements that check
+//!   which backend answers use the simple query protocol, so that a connection pooler in
+//!   transaction mode is detected instead of silently breaking the election;
+//! - **claims, acknowledgements, failures** (`claim`): sqlx on that same session, because a relay
+//!   that lost the lock must be unable to acknowledge, with array parameters so that one
+//!   statement serves a batch;
+//! - **wake-ups** (`wake`), **stats** (`stats`) and **cleanup** (`cleanup`): sqlx on the pool,
+//!   like the rest of the relay's statements: hand-written SQL (`pg_notify`, `LISTEN`,
+//!   `pg_stat_activity`, bounded deletes) that the query builder does not express;
+//! - **dead letters** (`dead_letters`): the SeaORM query builder over [`entity`], because a
+//!   [`DeadLetterFilter`](outbox_core::DeadLetterFilter) becomes a condition that composes with
+//!   ids, pages and counts ([`entity::Entity::find_dead_letters`]);
+//! - **row mapping** (`rows`): rows and models into events and dead letters.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
+mod claim;
+mod cleanup;
+mod dead_letters;
 pub mod entity;
+mod leadership;
 pub mod migration;
-mod repository;
+mod outbox;
+mod rows;
+mod stats;
+mod wake;
+mod write;
 
+#[doc(hidden)]
+pub use claim::CLAIM;
 pub use migration::{AddCommitHorizon, CreateEventOutbox, OutboxMigrator};
-pub use repository::{
-    CLAIM, PgWake, PostgresOutbox, WAKE_CHANNEL, WAKE_SQL, dead_letter_condition,
-};
+pub use outbox::PostgresOutbox;
+pub use wake::WAKE_SQL;

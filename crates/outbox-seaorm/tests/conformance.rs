@@ -1,7 +1,6 @@
 //! The relay-store conformance suite against the PostgreSQL repository on the real server.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
 use outbox_core::conformance::{ConformanceTarget, RowState};
@@ -51,14 +50,6 @@ impl ConformanceTarget for PgTarget {
 
     async fn store(&self) -> Arc<PostgresOutbox> {
         Arc::new(PostgresOutbox::new(self.conn.clone()).unwrap())
-    }
-
-    async fn store_with_retention(&self, retention: Duration) -> Arc<PostgresOutbox> {
-        Arc::new(
-            PostgresOutbox::new(self.conn.clone())
-                .unwrap()
-                .with_retention(Some(retention)),
-        )
     }
 
     async fn add(&self, event: NewOutboxEvent) -> i64 {

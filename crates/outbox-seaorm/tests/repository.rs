@@ -226,20 +226,11 @@ async fn the_claim_reads_the_pending_index_on_a_large_backlog() {
     )
     .await
     .unwrap();
-    let claim = outbox_seaorm::CLAIM
-        .replace("$1", "500")
-        .replace("$2", "'0'")
-        .replace("$3", "0");
-    let lines = conn
-        .query_all(Statement::from_string(
-            sea_orm::DbBackend::Postgres,
-            format!("EXPLAIN {claim}"),
-        ))
+    let lines = PostgresOutbox::new(conn.clone())
+        .unwrap()
+        .explain_claim(500, None, false)
         .await
         .unwrap()
-        .into_iter()
-        .map(|row| row.try_get_by_index::<String>(0).unwrap())
-        .collect::<Vec<_>>()
         .join("\n");
     assert!(
         lines.contains("event_outbox_claim_idx"),
@@ -282,7 +273,7 @@ async fn a_standby_takes_over_when_the_leaders_session_dies() {
         Err(OutboxError::LeadershipLost)
     ));
     assert!(matches!(
-        active.acknowledge(&[1]).await,
+        active.acknowledge(&[1], false).await,
         Err(OutboxError::LeadershipLost)
     ));
     assert!(
@@ -375,7 +366,10 @@ async fn an_event_committed_late_holds_back_the_transactions_that_began_after_it
     writer.add_event(&conn, event("before")).await.unwrap();
     let before = settled_claim(&store, 10, None).await;
     assert_eq!(before.events.len(), 1);
-    store.acknowledge(&[before.events[0].id]).await.unwrap();
+    store
+        .acknowledge(&[before.events[0].id], false)
+        .await
+        .unwrap();
 
     let late_txn = conn.begin().await.unwrap();
     let late = writer.add_event(&late_txn, event("late")).await.unwrap();
@@ -448,7 +442,7 @@ async fn while_an_event_backs_off_no_event_of_its_key_is_skipped() {
         "b flows while a backs off; a's third event is parked behind it"
     );
     assert_eq!(b.cursor.map(|c| c.id), Some(ids[4]));
-    store.acknowledge(&ids[2..4]).await.unwrap();
+    store.acknowledge(&ids[2..4], false).await.unwrap();
     assert!(claim_ids(&store, 10, b.cursor).await.is_empty(), "a waits");
     tokio::time::sleep(Duration::from_millis(350)).await;
     assert_eq!(
@@ -540,7 +534,7 @@ async fn acknowledging_more_ids_than_one_statement_carries_deletes_them_all() {
     assert!(store.acquire_leadership().await.unwrap());
     let batch = claim_ids(&store, 2500, None).await;
     assert_eq!(batch.len(), 2500);
-    assert_eq!(store.acknowledge(&batch).await.unwrap(), 2500);
+    assert_eq!(store.acknowledge(&batch, false).await.unwrap(), 2500);
     assert_eq!(count(&conn).await, 0);
 }
 
@@ -606,9 +600,7 @@ async fn database_errors_are_reported_as_such_and_close_the_relay_session() {
     // A database without the outbox table: every statement on it fails.
     let db = TestDatabase::create().await;
     let conn = db.connect().await;
-    let store = PostgresOutbox::new(conn.clone())
-        .unwrap()
-        .with_retention(Some(Duration::from_secs(60)));
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
     assert!(matches!(
         store.add_event(&conn, event("o-1")).await,
         Err(OutboxError::Database(_))
@@ -619,7 +611,7 @@ async fn database_errors_are_reported_as_such_and_close_the_relay_session() {
         Err(OutboxError::Database(_))
     ));
     assert!(matches!(
-        store.delete_expired(10).await,
+        store.delete_expired(Duration::from_secs(60), 10).await,
         Err(OutboxError::Database(_))
     ));
     assert!(

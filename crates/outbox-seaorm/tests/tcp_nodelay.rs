@@ -79,7 +79,7 @@ async fn the_relays_leadership_session_runs_on_a_socket_with_tcp_nodelay() {
     }
     assert_eq!(batch.len(), 1);
     let ids: Vec<i64> = batch.iter().map(|e| e.id).collect();
-    assert_eq!(outbox.acknowledge(&ids).await.unwrap(), 1);
+    assert_eq!(outbox.acknowledge(&ids, false).await.unwrap(), 1);
 
     // The leadership session is the one holding the advisory lock in this database.
     let row = conn

@@ -263,9 +263,9 @@ impl RelayStore for CountingStore {
         self.inner.claim_batch(limit, after).await
     }
 
-    async fn acknowledge(&self, ids: &[i64]) -> Result<u64, OutboxError> {
+    async fn acknowledge(&self, ids: &[i64], keep: bool) -> Result<u64, OutboxError> {
         self.count();
-        self.inner.acknowledge(ids).await
+        self.inner.acknowledge(ids, keep).await
     }
 
     async fn record_failures(&self, failures: &[AttemptFailure]) -> Result<(), OutboxError> {

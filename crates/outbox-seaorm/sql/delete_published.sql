@@ -1,0 +1,1 @@
+DELETE FROM event_outbox WHERE id = ANY($1)

@@ -1,0 +1,165 @@
+//! Wake-ups across processes: writers `NOTIFY` on [`WAKE_CHANNEL`] after their commit, the
+//! leader `LISTEN`s on it between polls. Both go through sqlx on the pool: `pg_notify` on a
+//! pooled connection of its own, `LISTEN` on a [`PgListener`] that reconnects by itself.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
+use std::time::Duration;
+
+use outbox_core::RemoteWake;
+use sea_orm::sqlx::{self, postgres::PgListener};
+use tokio::sync::Mutex;
+use tracing::debug;
+
+/// The channel writers notify after their commit, and the leader listens on.
+const WAKE_CHANNEL: &str = "outbox_wake";
+
+/// What a writer in another process runs after its commit to wake the relay (any language:
+/// one statement, outside the business transaction): `SELECT pg_notify('outbox_wake', '')`.
+pub const WAKE_SQL: &str = include_str!("../sql/wake.sql");
+
+/// Commits within this long of a notification share the next one.
+const WAKE_WINDOW: Duration = Duration::from_millis(1);
+
+/// The repository's side of wake-ups: the sender for writers in this process, and the leader's
+/// listener.
+pub(crate) struct Wake {
+    sender: PgWake,
+    /// The leader's `LISTEN` connection for wake-ups from other processes.
+    listener: Mutex<Option<PgListener>>,
+}
+
+impl Wake {
+    pub(crate) fn new(pool: sqlx::PgPool) -> Self {
+        Self {
+            sender: PgWake::new(pool),
+            listener: Mutex::new(None),
+        }
+    }
+
+    /// How writers in this process wake the relay in another.
+    pub(crate) fn remote(&self) -> Arc<dyn RemoteWake> {
+        Arc::new(self.sender.clone())
+    }
+
+    /// Closes the listener, when the leadership is given up.
+    pub(crate) async fn stop_listening(&self) {
+        self.listener.lock().await.take();
+    }
+
+    /// [`RelayStore::wait_for_wake_up`](outbox_core::RelayStore::wait_for_wake_up), listening
+    /// on a connection from `pool`.
+    pub(crate) async fn wait_for_wake_up(&self, pool: &sqlx::PgPool) {
+        let mut listener = self.listener.lock().await;
+        loop {
+            if listener.is_none() {
+                match listen(pool).await {
+                    Ok(connected) => *listener = Some(connected),
+                    Err(error) => {
+                        debug!(error = %error, "outbox relay cannot listen for wake-ups; it polls");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        continue;
+                    }
+                }
+            }
+            let Some(connected) = listener.as_mut() else {
+                continue;
+            };
+            // Reconnects by itself when its connection drops (wake-ups sent meanwhile are lost:
+            // the poll timer covers them).
+            match connected.recv().await {
+                Ok(_) => {
+                    // One claim serves every wake-up that came in meanwhile.
+                    while connected.next_buffered().is_some() {}
+                    return;
+                }
+                Err(error) => {
+                    *listener = None;
+                    debug!(error = %error, "outbox relay lost its wake-up listener; it polls");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A connection listening on [`WAKE_CHANNEL`].
+async fn listen(pool: &sqlx::PgPool) -> Result<PgListener, sqlx::Error> {
+    let mut listener = PgListener::connect_with(pool).await?;
+    listener.listen(WAKE_CHANNEL).await?;
+    Ok(listener)
+}
+
+/// Wakes the active relay from writers in this process when it runs elsewhere: `pg_notify` on
+/// the pool, in a transaction of its own (never inside the writer's, where a `NOTIFY` would take
+/// a database-wide lock at commit), sent in the background and coalesced: a burst of commits
+/// costs about one notification per millisecond per process.
+#[derive(Debug, Clone)]
+struct PgWake(Arc<WakeSender>);
+
+#[derive(Debug)]
+struct WakeSender {
+    pool: sqlx::PgPool,
+    /// A sender task runs.
+    running: AtomicBool,
+    /// A commit happened since the sender's last notification.
+    dirty: AtomicBool,
+}
+
+impl PgWake {
+    fn new(pool: sqlx::PgPool) -> Self {
+        Self(Arc::new(WakeSender {
+            pool,
+            running: Default::default(),
+            dirty: Default::default(),
+        }))
+    }
+}
+
+impl WakeSender {
+    async fn send_while_dirty(self: Arc<Self>) {
+        loop {
+            self.dirty.store(false, SeqCst);
+            if let Err(error) = sqlx::query(WAKE_SQL).execute(&self.pool).await {
+                debug!(error = %error, "outbox wake-up notification not sent; the relay polls");
+            }
+            tokio::time::sleep(WAKE_WINDOW).await;
+            if self.dirty.load(SeqCst) {
+                continue;
+            }
+            self.running.store(false, SeqCst);
+            // A wake between the check and the store saw a sender running and left: take it.
+            if !self.dirty.load(SeqCst) || self.running.swap(true, SeqCst) {
+                return;
+            }
+        }
+    }
+}
+
+impl RemoteWake for PgWake {
+    fn wake(&self) {
+        self.0.dirty.store(true, SeqCst);
+        if self.0.running.swap(true, SeqCst) {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(self.0.clone().send_while_dirty());
+            }
+            Err(_) => self.0.running.store(false, SeqCst),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_wake_statement_notifies_the_channel_the_leader_listens_on() {
+        assert_eq!(
+            WAKE_SQL.trim(),
+            format!("SELECT pg_notify('{WAKE_CHANNEL}', '')")
+        );
+    }
+}
