@@ -46,14 +46,15 @@ print("\nline coverage per file")
 for path, covered, coverable in sorted(rows):
     pct = 100.0 * covered / coverable if coverable else 100.0
     print(f"  {pct:6.2f}%  {covered:4d}/{coverable:<4d} {path}")
-held = [r for r in rows if r[0].endswith(("outbox-seaorm/src/repository.rs", "outbox-core/src/worker.rs"))]
+# The relay worker is a module of several files: every one of them is held.
+held = [r for r in rows if r[0].endswith("outbox-seaorm/src/repository.rs") or "outbox-core/src/worker/" in r[0]]
 print("\nheld to 100%:")
 short = []
 for path, covered, coverable in held:
     print(f"  {100.0 * covered / coverable if coverable else 100.0:6.2f}%  {path}")
     if covered < coverable:
         short.append(path)
-if len(held) != 2:
+if {p.endswith("repository.rs") for p, _, _ in held} != {True, False}:
     sys.exit("coverage: the report lacks the repository or the relay worker")
 if short:
     uncovered = {}
