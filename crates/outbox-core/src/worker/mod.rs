@@ -70,7 +70,9 @@ pub trait OutboxRelay: Send + Sync {
 /// One loop, one batch at a time, so at most one batch is ever unacknowledged:
 ///
 /// 1. make sure this relay is the leader (standbys retry every `leader_retry_interval`);
-/// 2. claim up to `batch_size` pending events in `id` order;
+/// 2. claim up to `batch_size` events: retries that are due, then committed events in commit
+///    order after the last position it settled (while batches come back full, the next batch is
+///    claimed as this one is sent);
 /// 3. check each with [`EventPublisher::check`], send the rest in one bulk
 ///    [`publish`](EventPublisher::publish) and await the acknowledgements together; once an event
 ///    fails, later events with the same topic and key wait for the next batch;
@@ -96,12 +98,14 @@ impl std::fmt::Debug for EventRelayWorker {
     }
 }
 
+/// The running worker's two tasks and the signal that stops them.
 struct Tasks {
     stop: watch::Sender<bool>,
     relay: JoinHandle<Result<(), OutboxError>>,
     housekeeping: JoinHandle<()>,
 }
 
+/// What the worker, its relay loop and its housekeeping task share.
 struct Shared {
     store: Arc<dyn RelayStore>,
     publisher: Arc<dyn EventPublisher>,
