@@ -46,16 +46,18 @@ print("\nline coverage per file")
 for path, covered, coverable in sorted(rows):
     pct = 100.0 * covered / coverable if coverable else 100.0
     print(f"  {pct:6.2f}%  {covered:4d}/{coverable:<4d} {path}")
+# The repository and the relay worker are modules of several files: every one of them is held.
 repository = ["outbox-seaorm/src/" + m + ".rs" for m in
               ("outbox", "write", "leadership", "claim", "wake", "stats", "dead_letters", "cleanup", "rows")]
-held = [r for r in rows if r[0].endswith(tuple(repository) + ("outbox-core/src/worker.rs",))]
+held = [r for r in rows if r[0].endswith(tuple(repository)) or "outbox-core/src/worker/" in r[0]]
 print("\nheld to 100%:")
 short = []
 for path, covered, coverable in held:
     print(f"  {100.0 * covered / coverable if coverable else 100.0:6.2f}%  {path}")
     if covered < coverable:
         short.append(path)
-if len(held) != len(repository) + 1:
+if sum(1 for p, _, _ in held if p.endswith(tuple(repository))) != len(repository) or not any(
+        "outbox-core/src/worker/" in p for p, _, _ in held):
     sys.exit("coverage: the report lacks the repository or the relay worker")
 if short:
     uncovered = {}

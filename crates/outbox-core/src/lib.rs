@@ -1,21 +1,60 @@
-//! The core of a transactional outbox: events are written in the same database transaction as
-//! the business change that caused them, and a relay publishes them to the message broker
-//! afterwards, in order per key, at least once.
+//! The core of a transactional outbox: a service writes its events in the same database
+//! transaction as the business change that caused them, and a relay publishes them to the
+//! message broker afterwards, at least once and in order per key.
 //!
-//! This crate holds what does not depend on a database or a broker:
+//! **Most services depend on the `outbox` facade crate (`crates/outbox`) instead**, which
+//! re-exports what they need from here together with the PostgreSQL store and the Kafka
+//! publisher. Depend on `outbox-core` directly to write an adapter (another database or broker)
+//! or to test code built on the relay with the in-memory doubles of the `test-utils` feature.
 //!
-//! - the domain types: [`EventId`] (UUID v7), [`NewOutboxEvent`] (what a service writes),
-//!   [`OutboxEvent`] (what the relay reads), and the JSON [`EventEnvelope`];
-//! - the capabilities an adapter provides, one trait each: [`OutboxWriter`] (add an event on the
-//!   caller's transaction), [`RelayStore`] (claim, acknowledge, record failures, stats),
-//!   [`DeadLetterStore`], [`OutboxCleanup`], and [`EventPublisher`] for the broker;
-//! - [`EventTypeMapper`] and [`TopicMap`], so call sites need not repeat topic names;
-//! - [`EventRelayWorker`], configured by [`RelaySettings`], with its [`RelayNotifier`] wake-up
-//!   handle;
-//! - the [`metrics`] names.
-//!
-//! `outbox-seaorm` provides the PostgreSQL store and `outbox-kafka` the Kafka publisher;
+//! This crate names no database, ORM, broker client or web framework: the adapters bring those.
+//! `outbox-seaorm` provides the PostgreSQL store, `outbox-kafka` the Kafka publisher, and
 //! `outbox-di` wires them together with shaku.
+//!
+//! # How an event travels
+//!
+//! 1. The service builds a [`NewOutboxEvent`] (aggregate, event type, payload bytes or JSON,
+//!    optional key, topic and headers) and adds it with an [`OutboxWriter`] on its own
+//!    transaction. The event exists if and only if that transaction commits. Without an explicit
+//!    topic, the writer asks an [`EventTypeMapper`] (for example a [`TopicMap`]).
+//! 2. After the commit, the service calls [`RelayNotifier::notify`], so the relay looks at once
+//!    instead of at its next poll.
+//! 3. The [`EventRelayWorker`], configured by [`RelaySettings`], claims the committed events from
+//!    a [`RelayStore`] in commit order, sends them through an [`EventPublisher`] in one bulk send,
+//!    and acknowledges them in the store once the broker has. A transient failure (broker or
+//!    database down) is retried forever with backoff; a permanent one is retried up to
+//!    `max_attempts` times and then dead-lettered, without stopping other keys.
+//! 4. Every message carries its [`EventId`] (UUID v7) in the `event_id` header: the duplicates
+//!    at-least-once delivery allows (at most one batch, after a crash) can be dropped by id.
+//!
+//! # What is here
+//!
+//! For services:
+//!
+//! - [`NewOutboxEvent`], [`EventId`] and the JSON [`EventEnvelope`]: what a service writes;
+//! - [`OutboxWriter`]: adds events on the caller's transaction;
+//! - [`EventTypeMapper`] and [`TopicMap`]: topics by event type, so call sites need not repeat
+//!   topic names;
+//! - [`EventRelayWorker`] and [`OutboxRelay`] (its interface for dependency injection),
+//!   [`RelaySettings`] (each setting documents its default), [`RelayStatus`] for health checks,
+//!   and the [`RelayNotifier`] wake-up handle;
+//! - [`OutboxError`], the one error type, and the [`metrics`] names the relay reports.
+//!
+//! For adapters, one small trait per capability:
+//!
+//! - [`RelayStore`]: leadership, claims ([`ClaimedBatch`] from a [`ClaimCursor`]),
+//!   acknowledgements, failures ([`AttemptFailure`]), stats ([`OutboxStats`]) and an optional
+//!   [`RemoteWake`];
+//! - [`DeadLetterStore`]: list, replay and discard dead letters;
+//! - [`OutboxCleanup`]: delete expired published rows under retention;
+//! - [`EventPublisher`]: check and send a batch, reporting a [`Delivery`] or a [`PublishError`]
+//!   that says whether it is worth retrying ([`ErrorClass`]);
+//! - [`validate_topic`] for a topic a writer resolved through a mapper, and the header names
+//!   writers and publishers share ([`RESERVED_HEADERS`], [`CONTENT_TYPE_HEADER`],
+//!   [`TRACEPARENT_HEADER`], [`JSON_CONTENT_TYPE`]).
+//!
+//! With the `test-utils` feature, `testing` holds in-memory doubles of the store and the
+//! publisher for unit tests, and `conformance` the suite every [`RelayStore`] must pass.
 //!
 //! # Example
 //!
@@ -65,6 +104,9 @@ mod store;
 pub mod testing;
 mod worker;
 
+// Not part of the outbox's API: the File Service's upload processing retries with the relay's
+// backoff. Hidden rather than removed until that retry has a home of its own.
+#[doc(hidden)]
 pub use backoff::backoff_delay;
 pub use envelope::EventEnvelope;
 pub use error::{ErrorClass, OutboxError, PublishError};

@@ -91,9 +91,7 @@ pub async fn run(config: &Quickstart) -> Result<Report, BoxError> {
         "quickstart",
         serde_json::json!({"order_id": order_id, "total": 42}),
     );
-    let committed = txn
-        .add(placed.to_outbox_event("order", &order_id)?)
-        .await?;
+    let committed = txn.add(placed.to_outbox_event("order", &order_id)?).await?;
     txn.commit().await?;
     println!("committed order {order_id} and its OrderPlaced event {committed}");
 

@@ -1,0 +1,257 @@
+//! The relay loop: lead, write back what is owed, claim, send, settle, wait.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio::sync::watch;
+use tracing::warn;
+
+use super::publish::{Outcome, log_batch, publish_batch, write_back};
+use super::shutdown::shutdown;
+use super::window::{BatchEnd, ClaimWindow};
+use super::{Shared, millis, sleep_or_stop};
+use crate::backoff::Backoff;
+use crate::metrics as m;
+use crate::{ClaimedBatch, ErrorClass, OutboxError, PublishError};
+
+/// Runs the relay until a stop is requested, then shuts it down.
+pub(super) async fn run(
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) -> Result<(), OutboxError> {
+    let mut relay = Relay::new(&shared, stop);
+    while !relay.stopping() {
+        if !relay.lead().await || !relay.write_back_owed().await {
+            continue;
+        }
+        let Some(claimed) = relay.claim().await else {
+            continue;
+        };
+        if claimed.events.is_empty() {
+            relay.pass_parked(&claimed).await;
+        } else {
+            relay.send(claimed).await;
+        }
+    }
+    shutdown(&shared, relay.unwritten).await
+}
+
+/// The relay loop's state between batches.
+struct Relay<'a> {
+    shared: &'a Shared,
+    stop: watch::Receiver<bool>,
+    /// Backoff after the store or the broker was unavailable.
+    transient: Backoff,
+    /// How long to wait for a wake-up when idle: short after work, doubling to `poll_interval`.
+    idle: Duration,
+    /// Results of a batch that could not be written back yet: written before any new claim, or
+    /// the same events would be sent again.
+    unwritten: Option<Outcome>,
+    window: ClaimWindow,
+}
+
+impl<'a> Relay<'a> {
+    fn new(shared: &'a Shared, stop: watch::Receiver<bool>) -> Self {
+        let settings = &shared.settings;
+        Self {
+            shared,
+            stop,
+            transient: Backoff::new(
+                settings.transient_backoff_base,
+                settings.transient_backoff_max,
+            ),
+            idle: settings.min_poll_interval,
+            unwritten: None,
+            window: ClaimWindow::default(),
+        }
+    }
+
+    fn stopping(&self) -> bool {
+        *self.stop.borrow()
+    }
+
+    /// Makes sure this relay leads. `false` when it does not (it has waited before returning).
+    async fn lead(&mut self) -> bool {
+        match self.shared.store.acquire_leadership().await {
+            Ok(true) => {
+                self.shared.set_leader(true);
+                true
+            }
+            Ok(false) => {
+                self.shared.set_leader(false);
+                if let Some(lost) = self.unwritten.take() {
+                    let published = lost.published.len();
+                    warn!(
+                        published,
+                        "outbox relay lost the leadership before acknowledging a batch; the new \
+                         leader will send those events again (duplicates carry the same event_id)"
+                    );
+                    self.shared.unacknowledged.store(0, Ordering::SeqCst);
+                }
+                self.window.reset();
+                let retry = self.shared.settings.leader_retry_interval;
+                sleep_or_stop(retry, &mut self.stop).await;
+                false
+            }
+            Err(e) => {
+                self.shared.set_leader(false);
+                self.window.reset();
+                self.store_failed(e, "acquire leadership").await;
+                false
+            }
+        }
+    }
+
+    /// Writes back the results of the last batch if that failed before. `false` when it fails
+    /// again (it has waited before returning).
+    async fn write_back_owed(&mut self) -> bool {
+        let Some(outcome) = self.unwritten.take() else {
+            return true;
+        };
+        match write_back(self.shared, &outcome).await {
+            Ok(()) => true,
+            Err(e) => {
+                self.unwritten = Some(outcome);
+                self.store_failed(e, "acknowledge").await;
+                false
+            }
+        }
+    }
+
+    /// The next batch: the one claimed ahead, or a new claim.
+    async fn claim(&mut self) -> Option<ClaimedBatch> {
+        let claimed = match self.window.take_prefetched() {
+            Some(claimed) => claimed,
+            None => {
+                let (batch_size, after) = (self.shared.settings.batch_size, self.window.cursor());
+                match self.shared.store.claim_batch(batch_size, after).await {
+                    Ok(claimed) => claimed,
+                    Err(e) => {
+                        self.store_failed(e, "claim").await;
+                        return None;
+                    }
+                }
+            }
+        };
+        let now = Utc::now();
+        self.shared.status().last_poll_at = Some(now);
+        metrics::gauge!(m::RELAY_LAST_POLL_TIMESTAMP_SECONDS)
+            .set(now.timestamp_millis() as f64 / 1000.0);
+        Some(claimed)
+    }
+
+    /// A claim with nothing to send: move past what it parked, and look again at once if the
+    /// claim was full.
+    async fn pass_parked(&mut self, claimed: &ClaimedBatch) {
+        self.window.pass_parked(claimed);
+        self.transient.reset();
+        if !claimed.full {
+            self.wait_for_work().await;
+            self.idle = (self.idle * 2).min(self.shared.settings.poll_interval);
+        }
+    }
+
+    /// Sends `claimed`, writes its results back and settles the claim window.
+    async fn send(&mut self, claimed: ClaimedBatch) {
+        let shared = self.shared;
+        let started = Instant::now();
+        // While batches come back full, claim the next one as this one is sent: its events are
+        // sent only after this batch is acknowledged, so at most one batch is ever
+        // unacknowledged.
+        let (outcome, next) = if ClaimWindow::should_prefetch(&claimed) {
+            let after = self.window.after(&claimed);
+            let (outcome, next) = tokio::join!(
+                publish_batch(shared, &claimed.events),
+                shared.store.claim_batch(shared.settings.batch_size, after)
+            );
+            (outcome, next.ok())
+        } else {
+            (publish_batch(shared, &claimed.events).await, None)
+        };
+        let clean = outcome.is_clean();
+        let transient_error = outcome.transient_error.clone();
+        let written = write_back(shared, &outcome).await;
+        let elapsed = started.elapsed();
+        metrics::histogram!(m::RELAY_BATCH_DURATION_SECONDS).record(elapsed.as_secs_f64());
+        log_batch(&claimed, &outcome, elapsed);
+
+        if let Err(e) = written {
+            self.window.settle(&claimed, BatchEnd::Again, next);
+            self.unwritten = Some(outcome);
+            self.store_failed(e, "acknowledge").await;
+            return;
+        }
+        if let Some(error) = transient_error {
+            // The events left pending are claimed again, in order.
+            self.window.settle(&claimed, BatchEnd::Again, next);
+            self.publish_failed(error).await;
+            return;
+        }
+        self.window
+            .settle(&claimed, BatchEnd::WrittenBack { clean }, next);
+        self.transient.reset();
+        self.idle = shared.settings.min_poll_interval;
+        if !claimed.full {
+            // The backlog is drained: wait briefly for more, or for a wake-up.
+            self.wait_for_work().await;
+        }
+    }
+
+    /// After the broker was unavailable for some events of a batch: back off.
+    async fn publish_failed(&mut self, error: PublishError) {
+        let delay = self.transient.next();
+        let (consecutive_failures, retry_in_ms) = (self.transient.failures(), millis(delay));
+        warn!(
+            error = %error,
+            consecutive_failures,
+            retry_in_ms,
+            "outbox relay backing off after a transient publish failure"
+        );
+        sleep_or_stop(delay, &mut self.stop).await;
+    }
+
+    /// After a store operation failed: a lost leadership session yields to the standbys; anything
+    /// else (the database unavailable) backs off.
+    async fn store_failed(&mut self, error: OutboxError, operation: &'static str) {
+        self.shared.record_error(ErrorClass::Transient, &error);
+        if matches!(error, OutboxError::LeadershipLost) {
+            self.yield_leadership().await;
+        } else {
+            let delay = self.transient.next();
+            let retry_in_ms = millis(delay);
+            warn!(
+                error = %error,
+                operation,
+                retry_in_ms,
+                "outbox relay cannot reach the store; backing off"
+            );
+            sleep_or_stop(delay, &mut self.stop).await;
+        }
+    }
+
+    /// After losing the leadership session involuntarily, stays away for two leadership retry
+    /// intervals: a healthy standby, which retries every interval, takes over, instead of the
+    /// relay whose session just died winning the lock straight back.
+    async fn yield_leadership(&mut self) {
+        self.shared.set_leader(false);
+        warn!("outbox relay lost its leadership session; yielding to standby relays");
+        let away = self.shared.settings.leader_retry_interval * 2;
+        sleep_or_stop(away, &mut self.stop).await;
+    }
+
+    /// Waits for a wake-up (from this process, or through the store from another), a stop, or
+    /// `idle` to pass.
+    async fn wait_for_work(&mut self) {
+        if *self.stop.borrow() {
+            return;
+        }
+        tokio::select! {
+            _ = self.shared.wake.notified() => {}
+            _ = self.shared.store.wait_for_wake_up() => {}
+            _ = tokio::time::sleep(self.idle) => {}
+            _ = self.stop.changed() => {}
+        }
+    }
+}
