@@ -9,7 +9,7 @@
 //! taking requests, finishes the batch in flight (sent, acknowledged by Kafka and in the
 //! database), flushes the producer and exits 0.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -18,9 +18,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use outbox_core::{EventRelayWorker, OutboxCleanup, RelayStore};
-use outbox_kafka::KafkaPublisher;
-use outbox_seaorm::PostgresOutbox;
+use outbox::Outbox;
+use outbox_core::OutboxError;
 use sea_orm::{ConnectOptions, ConnectionTrait, Database, DatabaseConnection};
 use tracing::{error, info, warn};
 
@@ -84,28 +83,35 @@ pub fn metrics_handle() -> PrometheusHandle {
 
 #[derive(Clone)]
 struct SidecarState {
-    db: DatabaseConnection,
-    outbox: Arc<PostgresOutbox>,
-    relay: Arc<EventRelayWorker>,
+    outbox: Outbox,
     metrics: PrometheusHandle,
 }
 
 async fn healthz(State(state): State<SidecarState>) -> Response {
+    health(&state.outbox).await
+}
+
+/// The `/healthz` response of a service running the outbox's relay: `200` with
+/// `{"status": "ok", ...}` while the database answers and the relay runs, else `503` with
+/// `"unavailable"`; the body reports the backlog (pending, oldest pending age, dead letters) and
+/// the relay (running, leader, last poll, events relayed, last error). Each database call is
+/// bounded to 2 s. The sidecar and the File Service answer with it.
+pub async fn health(outbox: &Outbox) -> Response {
     let database = tokio::time::timeout(
         Duration::from_secs(2),
-        state.db.execute_unprepared("SELECT 1"),
+        outbox.connection().execute_unprepared("SELECT 1"),
     )
     .await;
     let database_ok = matches!(database, Ok(Ok(_)));
     let stats = if database_ok {
-        tokio::time::timeout(Duration::from_secs(2), state.outbox.stats())
+        tokio::time::timeout(Duration::from_secs(2), outbox.stats())
             .await
             .ok()
             .and_then(Result::ok)
     } else {
         None
     };
-    let relay = state.relay.status();
+    let relay = outbox.status().unwrap_or_default();
     let healthy = database_ok && relay.running;
     let body = serde_json::json!({
         "status": if healthy { "ok" } else { "unavailable" },
@@ -139,7 +145,9 @@ async fn render_metrics(State(state): State<SidecarState>) -> Response {
         .into_response()
 }
 
-async fn shutdown_signal() {
+/// Returns on SIGTERM or ctrl-c (logging which was requested): the graceful-shutdown signal of
+/// the sidecar and of the File Service.
+pub async fn shutdown_signal() {
     let ctrl_c = async {
         if let Err(e) = tokio::signal::ctrl_c().await {
             error!(error = %e, "cannot listen for ctrl-c");
@@ -164,7 +172,7 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = terminate => {}
     }
-    info!("shutdown requested: stopping the outbox sidecar");
+    info!("shutdown requested");
 }
 
 /// Runs the sidecar until SIGTERM or ctrl-c, then stops the relay cleanly.
@@ -178,17 +186,13 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
     {
         return Err(RelayError::NotMigrated);
     }
-    let outbox = Arc::new(PostgresOutbox::new(db.clone())?);
-    let publisher = Arc::new(KafkaPublisher::new(config.kafka.clone())?);
-    let store: Arc<dyn RelayStore> = outbox.clone();
-    let cleanup: Arc<dyn OutboxCleanup> = outbox.clone();
-    let relay = Arc::new(
-        EventRelayWorker::new(store, publisher, config.relay.clone())?.with_cleanup(cleanup),
-    );
+    let outbox = Outbox::builder(db.clone())
+        .kafka(config.kafka.clone())
+        .settings(config.relay.clone())
+        .build()
+        .map_err(OutboxError::from)?;
     let state = SidecarState {
-        db: db.clone(),
-        outbox,
-        relay: relay.clone(),
+        outbox: outbox.clone(),
         metrics,
     };
     let app = Router::new()
@@ -198,7 +202,7 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
     let admin = config.admin_token.is_some();
     let app = crate::api::mount(app, "/admin/outbox", db, config.admin_token.clone())?;
     let listener = tokio::net::TcpListener::bind(config.http_addr).await?;
-    relay.start()?;
+    outbox.start().map_err(OutboxError::from)?;
     info!(
         address = %listener.local_addr()?,
         admin_api = admin,
@@ -207,7 +211,7 @@ pub async fn run(config: RelayConfig) -> Result<(), RelayError> {
     let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown_signal())
         .await;
-    let stopped = relay.stop().await;
+    let stopped = outbox.stop().await.map_err(OutboxError::from);
     served?;
     match stopped {
         Ok(()) => {

@@ -35,7 +35,7 @@
 //! - [`OutboxWriter`]: adds events on the caller's transaction;
 //! - [`EventTypeMapper`] and [`TopicMap`]: topics by event type, so call sites need not repeat
 //!   topic names;
-//! - [`EventRelayWorker`] and [`OutboxRelay`] (its interface for dependency injection),
+//! - [`EventRelayWorker`], the relay, configured by
 //!   [`RelaySettings`] (each setting documents its default), [`RelayStatus`] for health checks,
 //!   and the [`RelayNotifier`] wake-up handle;
 //! - [`OutboxError`], the one error type, and the [`metrics`] names the relay reports.
@@ -121,4 +121,4 @@ pub use store::{
     AttemptFailure, ClaimCursor, ClaimedBatch, DeadLetter, DeadLetterFilter, DeadLetterStore,
     FailureOutcome, HorizonHolder, OutboxCleanup, OutboxStats, OutboxWriter, RelayStore,
 };
-pub use worker::{EventRelayWorker, OutboxRelay, RelayNotifier, RelayStatus, RemoteWake};
+pub use worker::{EventRelayWorker, RelayNotifier, RelayStatus, RemoteWake};

@@ -10,8 +10,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use outbox_core::testing::{MemoryPublisher, MemoryStore};
 use outbox_core::{
-    DeadLetterStore, EventRelayWorker, NewOutboxEvent, OutboxError, OutboxRelay, RelaySettings,
-    RelayStore,
+    DeadLetterStore, EventRelayWorker, NewOutboxEvent, OutboxError, RelaySettings, RelayStore,
 };
 
 /// Every log line of the relay is built (its fields evaluated) and thrown away, as in a service
@@ -465,11 +464,10 @@ async fn start_twice_is_refused_and_stop_twice_is_harmless() {
     assert!(matches!(worker.start(), Err(OutboxError::AlreadyRunning)));
     worker.stop().await.unwrap();
     worker.stop().await.unwrap();
-    // Through the trait the DI module provides:
-    let relay: &dyn OutboxRelay = &worker;
-    relay.start().unwrap();
-    assert!(relay.status().running);
-    relay.stop().await.unwrap();
+    // And it starts again after a stop.
+    worker.start().unwrap();
+    assert!(worker.status().running);
+    worker.stop().await.unwrap();
 }
 
 #[test]
@@ -633,10 +631,9 @@ async fn the_worker_shows_its_settings_and_takes_a_notifier_made_before_it() {
         publisher.delivered().len() == 1
     })
     .await;
-    let relay: &dyn OutboxRelay = &worker;
     store.add(event("a", 1));
-    relay.notifier().notify();
-    until("woken through the trait", || {
+    worker.notifier().notify();
+    until("woken through the worker's own notifier", || {
         publisher.delivered().len() == 2
     })
     .await;

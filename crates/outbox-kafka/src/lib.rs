@@ -35,7 +35,8 @@ mod limits;
 mod publisher;
 
 pub use config::{DEFAULT_PROPERTIES, GUARDED_PROPERTIES, GuardedProperty, KafkaConfig};
-pub use publisher::{KafkaPublisher, PublisherContext, classify};
+pub use publisher::KafkaPublisher;
+use publisher::classify;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

@@ -41,7 +41,7 @@ const MAX_REMEMBERED_REFUSALS: usize = 100_000;
 /// Routes librdkafka's own logs to `tracing` (target `librdkafka`) and counts client-level errors
 /// (brokers down, transport failures) as transient relay errors.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct PublisherContext;
+pub(crate) struct PublisherContext;
 
 impl ClientContext for PublisherContext {
     fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
@@ -454,7 +454,7 @@ impl KafkaPublisher {
 }
 
 /// Sorts an rdkafka error into transient or permanent for the relay.
-pub fn classify(error: &KafkaError) -> PublishError {
+pub(crate) fn classify(error: &KafkaError) -> PublishError {
     use RDKafkaErrorCode as C;
     let permanent = matches!(
         error.rdkafka_error_code(),

@@ -68,7 +68,6 @@ struct Inner {
 impl Outbox {
     /// Starts building the outbox of the service whose database is `db` (a PostgreSQL
     /// connection pool; the outbox shares it).
-    #[must_use]
     pub fn builder(db: DatabaseConnection) -> OutboxBuilder {
         OutboxBuilder::new(db)
     }

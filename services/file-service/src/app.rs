@@ -11,7 +11,7 @@ use rdkafka::types::RDKafkaErrorCode;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use sea_orm_migration::MigratorTrait;
 use shaku::HasComponent;
-use tracing::{error, info, warn};
+use tracing::{info, warn};
 
 use crate::access::{BatchAccess, LocalOwnership, Orchestrator};
 use crate::config::Config;
@@ -155,34 +155,6 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
     })
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        if let Err(e) = tokio::signal::ctrl_c().await {
-            error!(error = %e, "cannot listen for ctrl-c");
-            std::future::pending::<()>().await;
-        }
-    };
-    #[cfg(unix)]
-    let terminate = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut signal) => {
-                signal.recv().await;
-            }
-            Err(e) => {
-                error!(error = %e, "cannot listen for SIGTERM");
-                std::future::pending::<()>().await;
-            }
-        }
-    };
-    #[cfg(not(unix))]
-    let terminate = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {}
-        _ = terminate => {}
-    }
-    info!("shutdown requested: draining HTTP requests");
-}
-
 /// Runs the service: migrates when configured, starts the relay and the processor (queuing every
 /// upload still pending), serves HTTP until SIGTERM or ctrl-c, then drains requests, finishes
 /// the uploads being processed, and stops the relay (in-flight sends acknowledged, producer
@@ -223,7 +195,7 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
     )?;
     info!(admin_api = admin, "outbox admin API under /admin/outbox");
     axum::serve(listener, router)
-        .with_graceful_shutdown(shutdown_signal())
+        .with_graceful_shutdown(outbox_cli::relay::shutdown_signal())
         .await?;
 
     processor.stop().await;

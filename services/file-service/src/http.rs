@@ -748,44 +748,7 @@ async fn remove_file(
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {
-    let database = tokio::time::timeout(
-        Duration::from_secs(2),
-        state.db.execute_unprepared("SELECT 1"),
-    )
-    .await;
-    let database_ok = matches!(database, Ok(Ok(_)));
-    let stats = if database_ok {
-        tokio::time::timeout(Duration::from_secs(2), state.outbox.stats())
-            .await
-            .ok()
-            .and_then(Result::ok)
-    } else {
-        None
-    };
-    let relay = state.outbox.status().unwrap_or_default();
-    let healthy = database_ok && relay.running;
-    let body = serde_json::json!({
-        "status": if healthy { "ok" } else { "unavailable" },
-        "database": {"ok": database_ok},
-        "outbox": {
-            "pending": stats.as_ref().map(|s| s.pending),
-            "oldest_pending_age_seconds": stats.as_ref().map(|s| s.oldest_pending_age.map_or(0.0, |a| a.as_secs_f64())),
-            "dead_lettered": stats.as_ref().map(|s| s.dead_lettered),
-            "relay": {
-                "running": relay.running,
-                "leader": relay.leader,
-                "last_poll_at": relay.last_poll_at,
-                "relayed": relay.relayed,
-                "last_error": relay.last_error,
-            },
-        },
-    });
-    let status = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, Json(body)).into_response()
+    outbox_cli::relay::health(&state.outbox).await
 }
 
 async fn render_metrics(State(state): State<AppState>) -> Response {

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -49,20 +48,6 @@ pub struct RelayStatus {
     pub last_error: Option<String>,
     /// The outbox's state at the last stats refresh.
     pub stats: Option<OutboxStats>,
-}
-
-/// Controls a relay: the interface the dependency-injection module provides.
-#[async_trait]
-pub trait OutboxRelay: Send + Sync {
-    /// Starts relaying in the background (needs a Tokio runtime).
-    fn start(&self) -> Result<(), OutboxError>;
-    /// Stops claiming, finishes the batch in flight (sent, acknowledged by Kafka and in the
-    /// store), flushes the publisher, gives up the leadership and returns.
-    async fn stop(&self) -> Result<(), OutboxError>;
-    /// The handle writers use to wake the relay after their commit.
-    fn notifier(&self) -> RelayNotifier;
-    /// What the relay is doing.
-    fn status(&self) -> RelayStatus;
 }
 
 /// Relays events from a [`RelayStore`] to an [`EventPublisher`].
@@ -306,25 +291,6 @@ impl Drop for EventRelayWorker {
             let _ = tasks.stop.send(true);
             self.shared.wake.wake_local();
         }
-    }
-}
-
-#[async_trait]
-impl OutboxRelay for EventRelayWorker {
-    fn start(&self) -> Result<(), OutboxError> {
-        EventRelayWorker::start(self)
-    }
-
-    async fn stop(&self) -> Result<(), OutboxError> {
-        EventRelayWorker::stop(self).await
-    }
-
-    fn notifier(&self) -> RelayNotifier {
-        EventRelayWorker::notifier(self)
-    }
-
-    fn status(&self) -> RelayStatus {
-        EventRelayWorker::status(self)
     }
 }
 
