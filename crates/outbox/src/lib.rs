@@ -12,8 +12,8 @@ pub use error::Error;
 pub use transaction::OutboxTransaction;
 
 pub use outbox_core::{
-    EventEnvelope, EventId, EventTypeMapper, NewOutboxEvent, OutboxStats, RelayNotifier,
-    RelaySettings, RelayStatus, TopicMap,
+    EventEnvelope, EventId, EventTypeMapper, NewOutboxEvent, OutboxError, OutboxStats,
+    RelayNotifier, RelaySettings, RelayStatus, TopicMap,
 };
 pub use outbox_kafka::KafkaConfig;
 pub use outbox_seaorm::{OutboxMigrator, PostgresOutbox};
