@@ -1,5 +1,5 @@
 //! A [shaku] module that provides the [`Outbox`] to a service's components: built by the
-//! `outbox` crate's [`OutboxBuilder`], so the store, the Kafka publisher and the relay are
+//! `outbox` crate's [`OutboxBuilder`], so the repository, the Kafka publisher and the relay are
 //! wired in one place.
 //!
 //! Use [`OutboxModule`] as a submodule of the service's own module; components inject
@@ -104,10 +104,10 @@ mod definition {
 pub use definition::OutboxModule;
 
 impl OutboxModule {
-    /// Builds the module from the `outbox` crate's builder: the store, the Kafka publisher and
-    /// the relay (not started: the service starts it with [`Outbox::start`]). Fails, changing
-    /// nothing, on invalid relay settings or topics, a refused producer property, a connection
-    /// that is not PostgreSQL, or no Kafka configuration.
+    /// Builds the module from the `outbox` crate's builder: the repository, the Kafka publisher
+    /// and the relay (not started: the service starts it with [`Outbox::start`]). Fails,
+    /// changing nothing, on invalid relay settings or topics, a refused producer property, a
+    /// connection that is not PostgreSQL, or no Kafka configuration.
     pub fn from_builder(builder: OutboxBuilder) -> Result<Self, outbox::Error> {
         Ok(Self::from_outbox(builder.build()?))
     }

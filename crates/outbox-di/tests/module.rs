@@ -80,11 +80,11 @@ async fn a_service_module_writes_through_the_outbox_submodule_and_the_relay_deli
     assert_eq!(received[0].key.as_deref(), Some("o-1"));
     orders.outbox().stop().await.unwrap();
 
-    // The same store serves administration.
+    // The same repository serves administration.
     assert!(
         orders
             .outbox()
-            .store()
+            .repository()
             .dead_letters(&Default::default(), 10)
             .await
             .unwrap()

@@ -1,4 +1,4 @@
-//! Builds an [`Outbox`]: the PostgreSQL store, the Kafka publisher and the relay, from a
+//! Builds an [`Outbox`]: the PostgreSQL repository, the Kafka publisher and the relay, from a
 //! database connection and a Kafka configuration.
 
 use std::sync::Arc;
@@ -66,8 +66,9 @@ impl OutboxBuilder {
     }
 
     /// Sends events of `event_type` that carry no topic of their own to `topic`. By default
-    /// every event must carry its topic ([`NewOutboxEvent::with_topic`](crate::NewOutboxEvent::with_topic)).
-    /// An invalid topic name fails [`start`](Self::start) and the other build methods.
+    /// every event must carry its topic
+    /// ([`NewOutboxEvent::with_topic`](crate::NewOutboxEvent::with_topic)). An invalid topic
+    /// name fails [`start`](Self::start) and the other build methods.
     pub fn topic(mut self, event_type: impl Into<String>, topic: impl Into<String>) -> Self {
         match std::mem::take(&mut self.topics).with(event_type, topic) {
             Ok(topics) => self.topics = topics,

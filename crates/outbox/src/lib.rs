@@ -141,10 +141,10 @@ impl Outbox {
         self.0.notifier.clone()
     }
 
-    /// The PostgreSQL store underneath: dead-letter administration
+    /// The PostgreSQL repository underneath: dead-letter administration
     /// ([`DeadLetterStore`](outbox_core::DeadLetterStore)), and adding events to a connection
     /// that is not a transaction.
-    pub fn store(&self) -> &Arc<PostgresOutbox> {
+    pub fn repository(&self) -> &Arc<PostgresOutbox> {
         &self.0.store
     }
 

@@ -72,7 +72,11 @@ async fn a_commit_wakes_the_relay_and_rolled_back_or_dropped_events_never_leave(
     assert_eq!(got, want, "both events, in order, woken by the commit");
     assert!(received.iter().all(|m| m.key.as_deref() == Some("o-1")));
     outbox.stop().await.unwrap();
-    assert_eq!(pending(&outbox).await, 0, "nothing rolled back or dropped was written");
+    assert_eq!(
+        pending(&outbox).await,
+        0,
+        "nothing rolled back or dropped was written"
+    );
     let orders = conn
         .query_all(sea_orm::Statement::from_string(
             sea_orm::DbBackend::Postgres,
@@ -80,7 +84,11 @@ async fn a_commit_wakes_the_relay_and_rolled_back_or_dropped_events_never_leave(
         ))
         .await
         .unwrap();
-    assert_eq!(orders.len(), 1, "the business row committed with its events");
+    assert_eq!(
+        orders.len(),
+        1,
+        "the business row committed with its events"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +107,10 @@ async fn a_writer_only_outbox_wakes_the_relay_of_another_process() {
         .topic("OrderPlaced", topic.name())
         .writer_only()
         .unwrap();
-    assert!(writer.status().is_none(), "a writer-only outbox runs no relay");
+    assert!(
+        writer.status().is_none(),
+        "a writer-only outbox runs no relay"
+    );
     assert!(matches!(
         writer.start(),
         Err(outbox::Error::Outbox(OutboxError::Config(_)))
@@ -110,7 +121,10 @@ async fn a_writer_only_outbox_wakes_the_relay_of_another_process() {
 
     let received = consume(&topic.bootstrap(), topic.name(), 1, Duration::from_secs(20)).await;
     assert_eq!(received.len(), 1);
-    assert_eq!(received[0].header("event_id"), Some(id.to_string().as_str()));
+    assert_eq!(
+        received[0].header("event_id"),
+        Some(id.to_string().as_str())
+    );
     writer.stop().await.unwrap();
     relay.stop().await.unwrap();
 }
@@ -139,11 +153,17 @@ async fn a_wrapped_transaction_joins_and_bad_input_changes_nothing() {
     // A SeaORM error on the handle is the same error type, and rolls back with the events.
     let txn = outbox.begin().await.unwrap();
     txn.add(order("doomed")).await.unwrap();
-    let failed = txn.execute_unprepared("INSERT INTO no_such_table VALUES (1)").await;
+    let failed = txn
+        .execute_unprepared("INSERT INTO no_such_table VALUES (1)")
+        .await;
     let error: outbox::Error = failed.unwrap_err().into();
     assert!(matches!(error, outbox::Error::Database(_)));
     drop(txn);
-    assert_eq!(pending(&outbox).await, 1, "the failed transaction's event is gone");
+    assert_eq!(
+        pending(&outbox).await,
+        1,
+        "the failed transaction's event is gone"
+    );
 
     // Invalid builder input is refused before anything is built.
     assert!(

@@ -78,7 +78,7 @@ pub struct InvoiceIssued {
 pub const INVOICE_ISSUED_TOPIC: &str = "billing.invoice.issued.v1";
 
 // ANCHOR: wiring
-/// Builds the outbox (the PostgreSQL store, the Kafka publisher and the relay) and starts the
+/// Builds the outbox (the PostgreSQL repository, the Kafka publisher and the relay) and starts the
 /// relay. `InvoiceIssued` events go to `invoice_topic`.
 pub fn start_outbox(
     db: DatabaseConnection,
@@ -163,8 +163,8 @@ pub fn metrics_routes(handle: PrometheusHandle) -> Router {
 // ANCHOR_END: metrics
 
 // ANCHOR: shutdown
-/// Waits for SIGTERM or ctrl-c, then stops the outbox's relay: it returns once the batch in flight is
-/// acknowledged by Kafka and in the outbox, and the producer is flushed.
+/// Waits for SIGTERM or ctrl-c, then stops the outbox's relay: it returns once the batch in
+/// flight is acknowledged by Kafka and in the outbox, and the producer is flushed.
 pub async fn run_until_signal(outbox: &Outbox) -> Result<(), Box<dyn std::error::Error>> {
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
