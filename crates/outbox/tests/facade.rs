@@ -1,19 +1,22 @@
-//! The facade against the real PostgreSQL and Kafka: a commit wakes the relay (the poll interval
-//! is a minute, so only the wake-up can deliver in time), a rollback or a dropped transaction
-//! leaves nothing, a writer-only outbox wakes the relay of another outbox over `pg_notify`, and
-//! invalid input is refused before anything is written.
+//! The facade against the real PostgreSQL and Kafka: committed events arrive in order and a
+//! rollback or a dropped transaction leaves nothing; a commit that added events sends the
+//! cross-process wake-up (`pg_notify`, observed with `LISTEN`) and one that added none does not;
+//! a writer-only outbox's events reach Kafka through another outbox's relay; invalid input is
+//! refused before anything is written.
+//!
+//! Whether a wake-up alone (without polling) gets an event out is the end-to-end wake tests'
+//! subject (`tests/e2e/tests/wake.rs`): they first wait for the cluster-wide commit horizon to
+//! pass, which tests running in parallel hold back.
 
 use std::time::Duration;
 
 use outbox::prelude::*;
 use outbox::{Outbox, OutboxError, OutboxStats};
 use outbox_test_harness::{TestDatabase, TestTopic, consume};
+use sea_orm::sqlx::postgres::PgListener;
 
-/// Polls so rarely that only a wake-up delivers within the tests' timeouts.
-fn sleepy() -> RelaySettings {
-    RelaySettings::default()
-        .with_poll_interval(Duration::from_secs(60))
-        .with_min_poll_interval(Duration::from_secs(60))
+fn quick() -> RelaySettings {
+    RelaySettings::default().with_poll_interval(Duration::from_millis(100))
 }
 
 fn order(id: &str) -> NewOutboxEvent {
@@ -37,16 +40,14 @@ async fn setup() -> (TestDatabase, sea_orm::DatabaseConnection, TestTopic) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_commit_wakes_the_relay_and_rolled_back_or_dropped_events_never_leave() {
+async fn committed_events_arrive_in_order_and_rolled_back_or_dropped_ones_never() {
     let (_db, conn, topic) = setup().await;
     let outbox = Outbox::builder(conn.clone())
         .kafka(KafkaConfig::new(topic.bootstrap()))
         .topic("OrderPlaced", topic.name())
-        .settings(sleepy())
+        .settings(quick())
         .start()
         .unwrap();
-    // Let the relay take the leadership and go to sleep on its long poll.
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let rolled_back = outbox.begin().await.unwrap();
     rolled_back.add(order("never-1")).await.unwrap();
@@ -63,13 +64,16 @@ async fn a_commit_wakes_the_relay_and_rolled_back_or_dropped_events_never_leave(
     let ids = txn.add_all(vec![order("o-1"), order("o-1")]).await.unwrap();
     txn.commit().await.unwrap();
 
-    let received = consume(&topic.bootstrap(), topic.name(), 2, Duration::from_secs(20)).await;
+    let received = consume(&topic.bootstrap(), topic.name(), 2, Duration::from_secs(60)).await;
     let got: Vec<_> = received
         .iter()
         .map(|m| m.header("event_id").unwrap().to_owned())
         .collect();
     let want: Vec<_> = ids.iter().map(ToString::to_string).collect();
-    assert_eq!(got, want, "both events, in order, woken by the commit");
+    assert_eq!(
+        got, want,
+        "both committed events, in order, and nothing else"
+    );
     assert!(received.iter().all(|m| m.key.as_deref() == Some("o-1")));
     outbox.stop().await.unwrap();
     assert_eq!(
@@ -92,17 +96,16 @@ async fn a_commit_wakes_the_relay_and_rolled_back_or_dropped_events_never_leave(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_writer_only_outbox_wakes_the_relay_of_another_process() {
+async fn a_commit_with_events_wakes_the_relay_and_a_writer_only_outbox_reaches_kafka() {
     let (db, conn, topic) = setup().await;
     let relay = Outbox::builder(conn)
         .kafka(KafkaConfig::new(topic.bootstrap()))
         .topic("OrderPlaced", topic.name())
-        .settings(sleepy())
+        .settings(quick())
         .start()
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
 
-    // Another pool, as another replica's process would have.
+    // Another pool, as another replica's process would have, and the leader's view of wake-ups.
     let writer = Outbox::builder(db.connect().await)
         .topic("OrderPlaced", topic.name())
         .writer_only()
@@ -115,11 +118,32 @@ async fn a_writer_only_outbox_wakes_the_relay_of_another_process() {
         writer.start(),
         Err(outbox::Error::Outbox(OutboxError::Config(_)))
     ));
+    let mut listener = PgListener::connect(db.url()).await.unwrap();
+    listener.listen("outbox_wake").await.unwrap();
+
+    // A commit without events wakes nobody.
+    let txn = writer.begin().await.unwrap();
+    txn.execute_unprepared("INSERT INTO orders VALUES ('no-event')")
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    let quiet = tokio::time::timeout(Duration::from_millis(500), listener.recv()).await;
+    assert!(
+        quiet.is_err(),
+        "no wake-up for a commit without events: {quiet:?}"
+    );
+
+    // A commit with events sends the wake-up, after the commit.
     let txn = writer.begin().await.unwrap();
     let id = txn.add(order("remote")).await.unwrap();
     txn.commit().await.unwrap();
+    let woken = tokio::time::timeout(Duration::from_secs(10), listener.recv()).await;
+    assert!(
+        matches!(woken, Ok(Ok(_))),
+        "the commit sends the wake-up: {woken:?}"
+    );
 
-    let received = consume(&topic.bootstrap(), topic.name(), 1, Duration::from_secs(20)).await;
+    let received = consume(&topic.bootstrap(), topic.name(), 1, Duration::from_secs(60)).await;
     assert_eq!(received.len(), 1);
     assert_eq!(
         received[0].header("event_id"),
