@@ -95,6 +95,7 @@ pub mod conformance;
 mod envelope;
 mod error;
 mod event;
+pub mod inbox;
 mod mapper;
 pub mod metrics;
 mod publisher;
@@ -113,6 +114,10 @@ pub use error::{ErrorClass, OutboxError, PublishError};
 pub use event::{
     CONTENT_TYPE_HEADER, EventId, JSON_CONTENT_TYPE, NewOutboxEvent, OutboxEvent, RESERVED_HEADERS,
     TRACEPARENT_HEADER, validate_topic,
+};
+pub use inbox::{
+    EVENT_ID_HEADER, Handled, HandlerError, InboxEntry, InboxHandler, InboxMessage, InboxStore,
+    MessagePosition, MessageSource, RejectedMessage, SourceError,
 };
 pub use mapper::{EventTypeMapper, TopicMap};
 pub use publisher::{Delivery, EventPublisher};
