@@ -1,0 +1,109 @@
+//! Building the service from its configuration, and running it until a signal stops it.
+
+use std::time::Duration;
+
+use outbox::Outbox;
+use sea_orm::{ConnectOptions, Database, DatabaseConnection};
+use sea_orm_migration::MigratorTrait;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::db::Migrator;
+use crate::http::{AppState, app};
+
+/// Why the service could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServiceError {
+    /// The database could not be reached or refused a statement.
+    #[error("database error: {0}")]
+    Database(#[from] sea_orm::DbErr),
+    /// Migrations are missing.
+    #[error(
+        "the database is not migrated ({0} pending): run `batch-orchestrator migrate up` or set BATCH_ORCHESTRATOR_SERVICE_MIGRATE_ON_START=true"
+    )]
+    NotMigrated(usize),
+    /// The outbox could not be built or stopped.
+    #[error("outbox error: {0}")]
+    Outbox(#[from] outbox_core::OutboxError),
+    /// The listening socket failed.
+    #[error("http server error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<outbox::Error> for ServiceError {
+    fn from(error: outbox::Error) -> Self {
+        Self::Outbox(error.into())
+    }
+}
+
+/// Connects to the database named by the configuration.
+pub async fn connect(config: &Config) -> Result<DatabaseConnection, ServiceError> {
+    let mut options = ConnectOptions::new(config.database_url.clone());
+    options
+        .max_connections(16)
+        .min_connections(1)
+        .connect_timeout(Duration::from_secs(10))
+        .acquire_timeout(Duration::from_secs(10))
+        .sqlx_logging(false);
+    Ok(Database::connect(options).await?)
+}
+
+/// Fails unless every migration has been applied.
+pub async fn require_migrated(db: &DatabaseConnection) -> Result<(), ServiceError> {
+    let pending = Migrator::get_pending_migrations(db).await?.len();
+    if pending > 0 {
+        return Err(ServiceError::NotMigrated(pending));
+    }
+    Ok(())
+}
+
+/// Builds the outbox (relay not started) and the routes' state.
+pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, ServiceError> {
+    let outbox = Outbox::builder(db)
+        .kafka(config.kafka.clone())
+        .settings(config.relay.clone())
+        .build()?;
+    Ok(AppState {
+        outbox,
+        metrics: crate::metrics::handle(),
+        topic_prefix: config.topic_prefix.clone(),
+        max_essays: config.max_essays,
+        max_request_bytes: config.max_request_bytes,
+        consumers: None,
+    })
+}
+
+/// Runs the service: migrates when configured, starts the relay, serves HTTP until SIGTERM or
+/// ctrl-c, then drains requests and stops the relay (in-flight sends acknowledged, producer
+/// flushed).
+pub async fn serve(config: Config) -> Result<(), ServiceError> {
+    let db = connect(&config).await?;
+    if config.migrate_on_start {
+        Migrator::up(&db, None).await?;
+        info!("migrations applied");
+    }
+    require_migrated(&db).await?;
+    let state = build(&config, db)?;
+    state.outbox.start()?;
+    let consumers = crate::consumers::handlers(&config);
+    for consumer in &consumers {
+        info!(consumer = consumer.name, topics = ?consumer.topics, group_id = %config.group_id, "consumer configured");
+    }
+
+    let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.http_port)).await?;
+    info!(port = config.http_port, address = %listener.local_addr()?, "batch orchestrator listening");
+    let outbox = state.outbox.clone();
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(outbox_cli::relay::shutdown_signal())
+        .await?;
+
+    match outbox.stop().await {
+        Ok(()) => info!("batch orchestrator stopped"),
+        Err(e) => {
+            warn!(error = %e, "the relay did not stop cleanly; unsent events stay in the outbox");
+            return Err(e.into());
+        }
+    }
+    Ok(())
+}
