@@ -268,11 +268,12 @@ struct EnvelopeFields {
     correlation_id: Option<serde_json::Value>,
 }
 
-/// A short string field, or `None` when it is missing, not a string, empty or too long.
+/// A short string field, or `None` when it is missing, not a string, empty, too long, or holds
+/// a NUL (which a PostgreSQL `text` column refuses).
 fn label(value: Option<&serde_json::Value>) -> Option<String> {
     value
         .and_then(|v| v.as_str())
-        .filter(|s| !s.is_empty() && s.len() <= MAX_LABEL_LEN)
+        .filter(|s| !s.is_empty() && s.len() <= MAX_LABEL_LEN && !s.contains('\0'))
         .map(str::to_owned)
 }
 

@@ -217,9 +217,9 @@ where
         if consumer.trim().is_empty() {
             return fail("an inbox consumer needs a name".into());
         }
-        if consumer.len() > 200 || consumer == UNROUTED_CONSUMER {
+        if consumer.len() > 200 || consumer == UNROUTED_CONSUMER || consumer.contains('\0') {
             return fail(format!(
-                "`{consumer}` cannot name an inbox consumer (at most 200 bytes, not {UNROUTED_CONSUMER})"
+                "`{consumer:?}` cannot name an inbox consumer (at most 200 bytes, no NUL, not {UNROUTED_CONSUMER})"
             ));
         }
         let topics: Vec<String> = topics.into_iter().map(Into::into).collect();
