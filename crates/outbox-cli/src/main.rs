@@ -7,7 +7,9 @@ use clap::{Parser, Subcommand};
 use outbox_cli::commands::{Exit, OutboxCommand};
 use outbox_cli::env::{CommonConfig, ConfigError, ProcessEnv, RelayConfig, init_logging};
 use outbox_seaorm::OutboxMigrator;
-use outbox_seaorm::migration::{COMMIT_HORIZON_DOWN_SQL, COMMIT_HORIZON_UP_SQL, DOWN_SQL, UP_SQL};
+use outbox_seaorm::migration::{
+    COMMIT_HORIZON_DOWN_SQL, COMMIT_HORIZON_UP_SQL, DOWN_SQL, INBOX_DOWN_SQL, INBOX_UP_SQL, UP_SQL,
+};
 use sea_orm_migration::MigratorTrait;
 
 const AFTER_HELP: &str = "\
@@ -133,9 +135,9 @@ async fn main() -> ExitCode {
         } => {
             // Every migration in order (down: in reverse), each in a transaction of its own.
             if down {
-                print!("BEGIN;\n{COMMIT_HORIZON_DOWN_SQL}COMMIT;\n\n{DOWN_SQL}");
+                print!("{INBOX_DOWN_SQL}\nBEGIN;\n{COMMIT_HORIZON_DOWN_SQL}COMMIT;\n\n{DOWN_SQL}");
             } else {
-                print!("{UP_SQL}\nBEGIN;\n{COMMIT_HORIZON_UP_SQL}COMMIT;\n");
+                print!("{UP_SQL}\nBEGIN;\n{COMMIT_HORIZON_UP_SQL}COMMIT;\n\n{INBOX_UP_SQL}");
             }
             ExitCode::SUCCESS
         }

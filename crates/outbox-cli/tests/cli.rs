@@ -98,8 +98,10 @@ async fn the_plain_sql_needs_no_database_and_migrates_one_with_psql() {
     let up = stdout(&up);
     assert!(up.contains(outbox_seaorm::migration::UP_SQL));
     assert!(up.contains(outbox_seaorm::migration::COMMIT_HORIZON_UP_SQL));
+    assert!(up.contains(outbox_seaorm::migration::INBOX_UP_SQL));
     let down = stdout(&outbox(None, &["migrate", "sql", "--down"]));
     assert!(down.contains(outbox_seaorm::migration::DOWN_SQL));
+    assert!(down.contains(outbox_seaorm::migration::INBOX_DOWN_SQL));
 
     // What other migration tools would run, run as they would: psql, stopping at any error.
     let db = TestDatabase::create().await;
@@ -130,6 +132,9 @@ async fn the_plain_sql_needs_no_database_and_migrates_one_with_psql() {
         .await
         .unwrap();
     assert_eq!(columns.len(), 1, "the commit-horizon column is there");
+    conn.execute_unprepared("SELECT 1 FROM event_inbox")
+        .await
+        .expect("the inbox is there");
     psql(&down);
     let tables = conn
         .query_all(sea_orm::Statement::from_string(
@@ -139,6 +144,12 @@ async fn the_plain_sql_needs_no_database_and_migrates_one_with_psql() {
         .await
         .unwrap();
     assert!(tables.is_empty());
+    assert!(
+        conn.execute_unprepared("SELECT 1 FROM event_inbox")
+            .await
+            .is_err(),
+        "the inbox is gone"
+    );
 }
 
 #[tokio::test]
@@ -207,7 +218,25 @@ async fn migrate_up_status_and_down_manage_the_table() {
         up["applied"][1] == "m20261130_000001_add_commit_horizon",
         "{up}"
     );
-    // Down reverts the last migration: the commit-horizon column first, then the table.
+    assert!(
+        up["applied"][2] == "m20261130_000002_create_event_inbox",
+        "{up}"
+    );
+    // Down reverts the last migration: the inbox first, then the commit-horizon column, then
+    // the table.
+    assert!(outbox(Some(&url), &["migrate", "down"]).status.success());
+    assert!(
+        conn.execute_unprepared("SELECT 1 FROM event_inbox")
+            .await
+            .is_err(),
+        "the inbox is gone"
+    );
+    assert!(
+        conn.execute_unprepared("SELECT xid FROM event_outbox")
+            .await
+            .is_ok(),
+        "the outbox is untouched"
+    );
     assert!(outbox(Some(&url), &["migrate", "down"]).status.success());
     assert!(
         conn.execute_unprepared("SELECT xid FROM event_outbox")

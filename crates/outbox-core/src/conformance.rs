@@ -1,6 +1,9 @@
-//! A conformance suite for relay-side stores (feature `test-utils`), written once and run against
-//! every store: the PostgreSQL repository in `outbox-seaorm`'s tests, and the in-memory double
-//! here, so the double the worker's unit tests rely on behaves like the real thing.
+//! Conformance suites (feature `test-utils`): this module's for relay-side stores, [`inbox`]'s
+//! for inbox stores.
+//!
+//! Each is written once and run against every store: the PostgreSQL ones in `outbox-seaorm`'s
+//! tests, and the in-memory doubles here, so the doubles the workers' unit tests rely on behave
+//! like the real thing.
 //!
 //! Implement [`ConformanceTarget`] for a fresh, empty outbox and expand
 //! [`relay_store_conformance!`](crate::relay_store_conformance) in a test file:
@@ -14,6 +17,8 @@
 
 use std::sync::Arc;
 use std::time::Duration;
+
+pub mod inbox;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};

@@ -93,8 +93,8 @@ pub enum OutboxError {
     #[error("cannot serialise event payload: {0}")]
     Serialization(#[from] serde_json::Error),
 
-    /// The relay is already running; stop it before starting it again.
-    #[error("the relay worker is already running")]
+    /// The worker (relay or inbox) is already running; stop it before starting it again.
+    #[error("the worker is already running; stop it before starting it again")]
     AlreadyRunning,
 
     /// `stop()` waited the configured shutdown timeout for in-flight sends to be acknowledged by
@@ -107,6 +107,24 @@ pub enum OutboxError {
         timeout: Duration,
         /// Events sent or being sent whose rows were not acknowledged.
         unacknowledged: usize,
+    },
+
+    /// The inbox's message source failed for good (bad configuration, fatal broker error): the
+    /// inbox worker stopped.
+    #[error(transparent)]
+    Source(#[from] crate::inbox::SourceError),
+
+    /// The inbox worker's `stop()` waited the configured shutdown timeout for the batch in
+    /// flight and gave up on it: its messages were not committed to the broker and are
+    /// delivered again (the inbox drops those it had already applied).
+    #[error(
+        "the inbox worker did not finish within {timeout:?}: {in_flight} messages were left uncommitted and will be delivered again"
+    )]
+    InboxStopTimedOut {
+        /// How long `stop()` waited.
+        timeout: Duration,
+        /// Messages of the batch in flight.
+        in_flight: usize,
     },
 
     /// The relay task ended abnormally (it panicked or was aborted).
@@ -126,6 +144,7 @@ impl OutboxError {
         match self {
             Self::Database(_) | Self::LeadershipLost => true,
             Self::Publish(e) => e.is_transient(),
+            Self::Source(e) => !matches!(e, crate::inbox::SourceError::Fatal(_)),
             _ => false,
         }
     }

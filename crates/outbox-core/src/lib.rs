@@ -26,6 +26,12 @@
 //!    `max_attempts` times and then dead-lettered, without stopping other keys.
 //! 4. Every message carries its [`EventId`] (UUID v7) in the `event_id` header: the duplicates
 //!    at-least-once delivery allows (at most one batch, after a crash) can be dropped by id.
+//! 5. On the consuming side, the [`InboxWorker`] applies each message once: in one database
+//!    transaction it records the message's event id in an inbox ([`InboxStore`]), runs the
+//!    topic's [`InboxHandler`] (the business change and any outbox events it adds), commits,
+//!    and only then commits the broker offset ([`MessageSource`]). A duplicate applies nothing;
+//!    a message that can never be processed is recorded as rejected and skipped, and can be
+//!    replayed by an operator.
 //!
 //! # What is here
 //!
@@ -38,7 +44,11 @@
 //! - [`EventRelayWorker`], the relay, configured by
 //!   [`RelaySettings`] (each setting documents its default), [`RelayStatus`] for health checks,
 //!   and the [`RelayNotifier`] wake-up handle;
-//! - [`OutboxError`], the one error type, and the [`metrics`] names the relay reports.
+//! - [`InboxWorker`], the consumer side (module [`inbox`]), configured by [`InboxSettings`],
+//!   with [`InboxStatus`] for health checks: [`InboxHandler`]s answer [`Handled`] or a
+//!   [`HandlerError`] that says whether retrying can help;
+//! - [`OutboxError`], the one error type, and the [`metrics`] names the relay and the inbox
+//!   report.
 //!
 //! For adapters, one small trait per capability:
 //!
@@ -47,14 +57,17 @@
 //!   [`RemoteWake`];
 //! - [`DeadLetterStore`]: list, replay and discard dead letters;
 //! - [`OutboxCleanup`]: delete expired published rows under retention;
+//! - [`InboxStore`] and [`MessageSource`]: the inbox's database (record, reject, replay,
+//!   retention) and broker (batches, offset commits, rewinds);
 //! - [`EventPublisher`]: check and send a batch, reporting a [`Delivery`] or a [`PublishError`]
 //!   that says whether it is worth retrying ([`ErrorClass`]);
 //! - [`validate_topic`] for a topic a writer resolved through a mapper, and the header names
 //!   writers and publishers share ([`RESERVED_HEADERS`], [`CONTENT_TYPE_HEADER`],
 //!   [`TRACEPARENT_HEADER`], [`JSON_CONTENT_TYPE`]).
 //!
-//! With the `test-utils` feature, `testing` holds in-memory doubles of the store and the
-//! publisher for unit tests, and `conformance` the suite every [`RelayStore`] must pass.
+//! With the `test-utils` feature, `testing` holds in-memory doubles of the store, the
+//! publisher, the inbox store and the message source for unit tests, and `conformance` the
+//! suites every [`RelayStore`] and every [`InboxStore`] (`conformance::inbox`) must pass.
 //!
 //! # Example
 //!
@@ -116,12 +129,13 @@ pub use event::{
     TRACEPARENT_HEADER, validate_topic,
 };
 pub use inbox::{
-    EVENT_ID_HEADER, Handled, HandlerError, InboxEntry, InboxHandler, InboxMessage, InboxStore,
-    MessagePosition, MessageSource, RejectedMessage, SourceError,
+    EVENT_ID_HEADER, Handled, HandlerError, InboxEntry, InboxHandler, InboxMessage, InboxStatus,
+    InboxStore, InboxWorker, MessagePosition, MessageSource, RejectedMessage, Replayed,
+    SourceError,
 };
 pub use mapper::{EventTypeMapper, TopicMap};
 pub use publisher::{Delivery, EventPublisher};
-pub use settings::RelaySettings;
+pub use settings::{InboxSettings, RelaySettings};
 pub use store::{
     AttemptFailure, ClaimCursor, ClaimedBatch, DeadLetter, DeadLetterFilter, DeadLetterStore,
     FailureOutcome, HorizonHolder, OutboxCleanup, OutboxStats, OutboxWriter, RelayStore,

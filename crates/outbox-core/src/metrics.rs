@@ -1,8 +1,9 @@
 //! Metric names and their descriptions.
 //!
-//! The relay records through the [`metrics`] facade; the service installs an exporter (for
-//! example `metrics-exporter-prometheus`). Labels stay low-cardinality: `topic`, `event_type` and
-//! `kind` only, never ids.
+//! The relay and the inbox worker record through the [`metrics`] facade; the service installs
+//! an exporter (for example `metrics-exporter-prometheus`). Labels stay low-cardinality:
+//! `topic`, `event_type`, `kind`, `consumer` (a handler's name) and `outcome` (a handler's
+//! outcome label) only, never ids.
 
 /// Gauge: events waiting to be published (the real backlog, refreshed every `stats_interval`).
 pub const EVENTS_PENDING: &str = "outbox_events_pending";
@@ -33,6 +34,29 @@ pub const RELAY_LAST_POLL_TIMESTAMP_SECONDS: &str = "outbox_relay_last_poll_time
 /// Gauge: seconds the oldest committed event has waited behind the commit horizon, a write
 /// transaction still open somewhere in the database cluster (0 when nothing waits for one).
 pub const COMMIT_HORIZON_WAIT_SECONDS: &str = "outbox_commit_horizon_wait_seconds";
+
+/// Counter, labels `consumer` and `outcome`: messages the inbox applied (the handler ran and
+/// its transaction committed), by the outcome recorded (`applied`, or the handler's own).
+pub const INBOX_CONSUMED_TOTAL: &str = "outbox_inbox_messages_consumed_total";
+/// Counter, label `consumer`: messages the inbox had already applied or rejected, skipped
+/// without running the handler (their offsets are committed).
+pub const INBOX_DUPLICATES_TOTAL: &str = "outbox_inbox_duplicates_skipped_total";
+/// Counter, label `consumer`: messages recorded `rejected` (no usable event id, no handler for
+/// the topic, or a permanent handler error) and skipped.
+pub const INBOX_REJECTED_TOTAL: &str = "outbox_inbox_messages_rejected_total";
+/// Counter, labels `consumer` and `kind` (`transient` or `permanent`): handler calls that
+/// failed.
+pub const INBOX_HANDLER_ERRORS_TOTAL: &str = "outbox_inbox_handler_errors_total";
+/// Counter, label `operation` (`store` or `source`): failed database or broker operations of
+/// the inbox worker (retried with backoff).
+pub const INBOX_ERRORS_TOTAL: &str = "outbox_inbox_errors_total";
+/// Histogram, label `consumer`: seconds one handler call took.
+pub const INBOX_HANDLER_DURATION_SECONDS: &str = "outbox_inbox_handler_duration_seconds";
+/// Histogram: messages in each batch the inbox worker took from the broker.
+pub const INBOX_BATCH_SIZE: &str = "outbox_inbox_batch_size";
+/// Gauge, label `topic`: seconds between the broker timestamp of the last message the inbox
+/// finished on a topic and the moment it finished (how far behind the consumer runs, in time).
+pub const INBOX_LAG_SECONDS: &str = "outbox_inbox_lag_seconds";
 
 /// Registers descriptions and units for every metric above with the installed recorder.
 pub fn describe() {
@@ -86,6 +110,46 @@ pub fn describe() {
         EVENTS_ADDED_TOTAL,
         Unit::Count,
         "Events added to the outbox by writers."
+    );
+    describe_counter!(
+        INBOX_CONSUMED_TOTAL,
+        Unit::Count,
+        "Messages applied through the inbox, by consumer and outcome."
+    );
+    describe_counter!(
+        INBOX_DUPLICATES_TOTAL,
+        Unit::Count,
+        "Messages the inbox had already seen, skipped."
+    );
+    describe_counter!(
+        INBOX_REJECTED_TOTAL,
+        Unit::Count,
+        "Messages recorded as rejected and skipped."
+    );
+    describe_counter!(
+        INBOX_HANDLER_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed handler calls, by consumer and kind (transient, permanent)."
+    );
+    describe_counter!(
+        INBOX_ERRORS_TOTAL,
+        Unit::Count,
+        "Failed database (store) or broker (source) operations of the inbox worker."
+    );
+    describe_histogram!(
+        INBOX_HANDLER_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time one inbox handler call took."
+    );
+    describe_histogram!(
+        INBOX_BATCH_SIZE,
+        Unit::Count,
+        "Messages in each batch the inbox worker took from the broker."
+    );
+    describe_gauge!(
+        INBOX_LAG_SECONDS,
+        Unit::Seconds,
+        "Time from the broker timestamp of the last message applied to now."
     );
     describe_gauge!(RELAY_LEADER, "1 while this relay is the active one.");
     describe_gauge!(

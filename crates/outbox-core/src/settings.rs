@@ -1,4 +1,4 @@
-//! The relay's settings.
+//! The relay's and the inbox worker's settings.
 
 use std::time::Duration;
 
@@ -203,6 +203,109 @@ impl RelaySettings {
     }
 }
 
+/// How the inbox worker behaves. Build it with `InboxSettings::default()` and the `with_*`
+/// methods; [`validate`](Self::validate) says which values cannot work.
+///
+/// ```
+/// use std::time::Duration;
+/// use outbox_core::InboxSettings;
+///
+/// let settings = InboxSettings::default()
+///     .with_max_batch(200)
+///     .with_retention(Duration::from_secs(72 * 3600));
+/// settings.validate()?;
+/// # Ok::<(), outbox_core::OutboxError>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct InboxSettings {
+    /// Most messages applied in one database transaction; also the most a crash makes the
+    /// broker deliver again (the inbox drops those already applied). Defaults to 500.
+    pub max_batch: usize,
+    /// First wait after a transient failure (database or broker unavailable, or a handler's
+    /// transient error), doubled on each consecutive one, with jitter. Defaults to 100 ms.
+    pub transient_backoff_base: Duration,
+    /// Longest wait after transient failures. Defaults to 30 s.
+    pub transient_backoff_max: Duration,
+    /// How long inbox rows (rejected ones included) are kept. A duplicate that arrives after
+    /// its row is deleted is applied again, so this must outlast any redelivery. Defaults to
+    /// 168 h (7 days).
+    pub retention: Duration,
+    /// How often rows older than `retention` are deleted. Defaults to 60 s.
+    pub cleanup_interval: Duration,
+    /// Most rows one cleanup statement deletes. Defaults to 10,000.
+    pub cleanup_batch_size: u64,
+    /// How long `stop()` waits for the batch in flight to be applied and its offsets committed
+    /// before abandoning it (its messages are delivered again). Defaults to 30 s.
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for InboxSettings {
+    fn default() -> Self {
+        Self {
+            max_batch: 500,
+            transient_backoff_base: Duration::from_millis(100),
+            transient_backoff_max: Duration::from_secs(30),
+            retention: Duration::from_secs(168 * 3600),
+            cleanup_interval: Duration::from_secs(60),
+            cleanup_batch_size: 10_000,
+            shutdown_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+impl InboxSettings {
+    with! {
+        /// Sets [`max_batch`](Self::max_batch).
+        with_max_batch => max_batch: usize;
+        /// Sets [`transient_backoff_base`](Self::transient_backoff_base).
+        with_transient_backoff_base => transient_backoff_base: Duration;
+        /// Sets [`transient_backoff_max`](Self::transient_backoff_max).
+        with_transient_backoff_max => transient_backoff_max: Duration;
+        /// Sets [`retention`](Self::retention).
+        with_retention => retention: Duration;
+        /// Sets [`cleanup_interval`](Self::cleanup_interval).
+        with_cleanup_interval => cleanup_interval: Duration;
+        /// Sets [`cleanup_batch_size`](Self::cleanup_batch_size).
+        with_cleanup_batch_size => cleanup_batch_size: u64;
+        /// Sets [`shutdown_timeout`](Self::shutdown_timeout).
+        with_shutdown_timeout => shutdown_timeout: Duration;
+    }
+
+    /// Checks that the values can work: `max_batch` 1 to 100,000, `cleanup_batch_size` at
+    /// least 1, durations above zero, the backoff base no larger than its cap.
+    pub fn validate(&self) -> Result<(), OutboxError> {
+        let fail = |message: String| Err(OutboxError::Config(message));
+        if self.max_batch == 0 || self.max_batch > 100_000 {
+            return fail(format!(
+                "max_batch must be 1 to 100000, not {}",
+                self.max_batch
+            ));
+        }
+        if self.cleanup_batch_size == 0 {
+            return fail("cleanup_batch_size must be at least 1".into());
+        }
+        let positive = [
+            ("transient_backoff_base", self.transient_backoff_base),
+            ("retention", self.retention),
+            ("cleanup_interval", self.cleanup_interval),
+            ("shutdown_timeout", self.shutdown_timeout),
+        ];
+        for (name, value) in positive {
+            if value.is_zero() {
+                return fail(format!("{name} must be above zero"));
+            }
+        }
+        if self.transient_backoff_base > self.transient_backoff_max {
+            return fail(format!(
+                "transient_backoff_base ({:?}) is above transient_backoff_max ({:?})",
+                self.transient_backoff_base, self.transient_backoff_max
+            ));
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,6 +331,33 @@ mod tests {
         assert_eq!(s.max_attempts, 3);
         assert_eq!(s.retention, Some(Duration::from_secs(60)));
         assert_eq!(s.shutdown_timeout, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn inbox_defaults_are_the_documented_values_and_bad_ones_are_named() {
+        let s = InboxSettings::default();
+        s.validate().unwrap();
+        assert_eq!(s.max_batch, 500);
+        assert_eq!(s.retention, Duration::from_secs(168 * 3600));
+        let cases = [
+            (InboxSettings::default().with_max_batch(0), "max_batch"),
+            (
+                InboxSettings::default().with_retention(Duration::ZERO),
+                "retention",
+            ),
+            (
+                InboxSettings::default().with_transient_backoff_base(Duration::from_secs(60)),
+                "transient_backoff_base",
+            ),
+            (
+                InboxSettings::default().with_cleanup_batch_size(0),
+                "cleanup_batch_size",
+            ),
+        ];
+        for (settings, name) in cases {
+            let error = settings.validate().unwrap_err().to_string();
+            assert!(error.contains(name), "{error} should name {name}");
+        }
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! `test-utils`).
 //!
 //! They follow the contracts of [`RelayStore`], [`OutboxCleanup`] and [`EventPublisher`] closely
-//! enough to test relay logic, and let a test inject failures. They are never a stand-in for
+//! enough to test relay logic, and those of [`InboxStore`](crate::InboxStore) and
+//! [`MessageSource`](crate::MessageSource) closely enough to test the inbox worker
+//! ([`MemoryInboxStore`], [`MemorySource`]), and let a test inject failures. They are never a stand-in for
 //! PostgreSQL or Kafka in integration tests.
 
 use std::collections::{BTreeMap, HashSet};
@@ -13,6 +15,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use tokio::sync::Notify;
+
+mod inbox;
+
+pub use inbox::{MemoryInboxRow, MemoryInboxStore, MemoryInboxTransaction, MemorySource};
 
 use crate::{
     AttemptFailure, ClaimCursor, ClaimedBatch, DeadLetter, DeadLetterFilter, DeadLetterStore,

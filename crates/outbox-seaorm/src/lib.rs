@@ -2,13 +2,19 @@
 //!
 //! - [`CreateEventOutbox`] and [`AddCommitHorizon`]: the migrations that create `event_outbox`,
 //!   to add to your migrator in two lines (or [`migration::UP_SQL`] and
-//!   [`migration::COMMIT_HORIZON_UP_SQL`] for other migration tools);
+//!   [`migration::COMMIT_HORIZON_UP_SQL`] for other migration tools), and [`CreateEventInbox`]
+//!   for a service that consumes through the inbox ([`migration::INBOX_UP_SQL`]);
 //! - [`entity`]: the SeaORM entity of the table, for queries of your own;
 //! - [`PostgresOutbox`]: the repository. It adds events on your transaction
 //!   ([`OutboxWriter`](outbox_core::OutboxWriter)), serves the relay worker
 //!   ([`RelayStore`](outbox_core::RelayStore), with one active relay elected by an advisory
 //!   lock), and lists, replays and discards dead letters;
-//! - [`WAKE_SQL`]: what a writer in another process runs after its commit to wake the relay.
+//! - [`WAKE_SQL`]: what a writer in another process runs after its commit to wake the relay;
+//! - [`PostgresInbox`]: the consumer side's store
+//!   ([`InboxStore`](outbox_core::InboxStore)) over `event_inbox`: it records each consumed
+//!   message's event id on the handler's transaction in one statement a batch (a duplicate
+//!   applies nothing), keeps rejected messages with their bytes for replay, and deletes rows
+//!   past retention.
 //!
 //! # Example
 //!
@@ -57,13 +63,17 @@
 //! - **dead letters** (`dead_letters`): the SeaORM query builder over [`entity`], because a
 //!   [`DeadLetterFilter`](outbox_core::DeadLetterFilter) becomes a condition that composes with
 //!   ids, pages and counts ([`entity::Entity::find_dead_letters`]);
-//! - **row mapping** (`rows`): rows and models into events and dead letters.
+//! - **row mapping** (`rows`): rows and models into events and dead letters;
+//! - **the inbox** (`inbox`): SeaORM `Statement`s on any `ConnectionTrait`, because recording a
+//!   message must share the handler's transaction, whatever type wraps it; a batch is one
+//!   `INSERT ... SELECT FROM unnest(...)`.
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
 mod claim;
 mod cleanup;
 mod dead_letters;
 pub mod entity;
+mod inbox;
 mod leadership;
 pub mod migration;
 mod outbox;
@@ -74,6 +84,7 @@ mod write;
 
 #[doc(hidden)]
 pub use claim::CLAIM;
-pub use migration::{AddCommitHorizon, CreateEventOutbox, OutboxMigrator};
+pub use inbox::PostgresInbox;
+pub use migration::{AddCommitHorizon, CreateEventInbox, CreateEventOutbox, OutboxMigrator};
 pub use outbox::PostgresOutbox;
 pub use wake::WAKE_SQL;

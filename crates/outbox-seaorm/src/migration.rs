@@ -1,6 +1,7 @@
-//! The migration that creates `event_outbox`.
+//! The migrations that create `event_outbox` and the consumer's `event_inbox`.
 //!
-//! Add it to your service's migrator in one line:
+//! Add them to your service's migrator, one line each (`CreateEventInbox` only if the service
+//! consumes through the inbox):
 //!
 //! ```
 //! use sea_orm_migration::prelude::*;
@@ -13,13 +14,15 @@
 //!             // ... your own migrations ...
 //!             Box::new(outbox_seaorm::CreateEventOutbox),
 //!             Box::new(outbox_seaorm::AddCommitHorizon),
+//!             Box::new(outbox_seaorm::CreateEventInbox),
 //!         ]
 //!     }
 //! }
 //! ```
 //!
-//! Services on other migration tools apply [`UP_SQL`] (the file `sql/event_outbox.up.sql`) and
-//! then [`COMMIT_HORIZON_UP_SQL`] (`sql/commit_horizon.up.sql`, in one transaction) instead.
+//! Services on other migration tools apply [`UP_SQL`] (the file `sql/event_outbox.up.sql`),
+//! then [`COMMIT_HORIZON_UP_SQL`] (`sql/commit_horizon.up.sql`, in one transaction), and
+//! [`INBOX_UP_SQL`] (`sql/event_inbox.up.sql`) instead.
 
 use sea_orm_migration::prelude::*;
 
@@ -35,6 +38,12 @@ pub const COMMIT_HORIZON_UP_SQL: &str = include_str!("../sql/commit_horizon.up.s
 
 /// The DDL that reverts [`COMMIT_HORIZON_UP_SQL`] (`sql/commit_horizon.down.sql`).
 pub const COMMIT_HORIZON_DOWN_SQL: &str = include_str!("../sql/commit_horizon.down.sql");
+
+/// The DDL that creates the consumer's inbox, `event_inbox` (`sql/event_inbox.up.sql`).
+pub const INBOX_UP_SQL: &str = include_str!("../sql/event_inbox.up.sql");
+
+/// The DDL that drops `event_inbox` (`sql/event_inbox.down.sql`).
+pub const INBOX_DOWN_SQL: &str = include_str!("../sql/event_inbox.down.sql");
 
 /// Creates `event_outbox` with its indexes; its `down` drops the table.
 #[derive(Debug, Clone, Copy, Default)]
@@ -93,6 +102,35 @@ impl MigrationTrait for AddCommitHorizon {
     }
 }
 
+/// Creates the consumer's inbox, `event_inbox`, with its indexes; its `down` drops the table.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CreateEventInbox;
+
+impl MigrationName for CreateEventInbox {
+    fn name(&self) -> &str {
+        "m20261130_000002_create_event_inbox"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CreateEventInbox {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(INBOX_UP_SQL)
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(INBOX_DOWN_SQL)
+            .await?;
+        Ok(())
+    }
+}
+
 /// A migrator holding only the outbox migrations, for programs without a migrator of their own
 /// (examples, tools, tests).
 #[derive(Debug, Clone, Copy, Default)]
@@ -100,6 +138,10 @@ pub struct OutboxMigrator;
 
 impl MigratorTrait for OutboxMigrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(CreateEventOutbox), Box::new(AddCommitHorizon)]
+        vec![
+            Box::new(CreateEventOutbox),
+            Box::new(AddCommitHorizon),
+            Box::new(CreateEventInbox),
+        ]
     }
 }

@@ -15,7 +15,10 @@
 //! - [`InboxStore`], what the worker needs from the database (`outbox-seaorm` provides the
 //!   PostgreSQL one, `event_inbox`);
 //! - [`MessageSource`], what the worker needs from the broker (`outbox-kafka` provides the Kafka
-//!   consumer).
+//!   consumer);
+//! - [`InboxWorker`], which runs them: batches, isolation of failures, retries, rejections,
+//!   offset commits, graceful stop, retention cleanup, replay, configured by
+//!   [`InboxSettings`](crate::InboxSettings) and reporting [`InboxStatus`].
 
 use std::time::Duration;
 
@@ -25,6 +28,10 @@ use serde::de::DeserializeOwned;
 use uuid::Uuid;
 
 use crate::OutboxError;
+
+mod worker;
+
+pub use worker::{InboxStatus, InboxWorker, Replayed, UNROUTED_CONSUMER};
 
 /// The header the outbox's publisher puts every event's id in.
 pub const EVENT_ID_HEADER: &str = "event_id";
@@ -76,6 +83,15 @@ impl InboxMessage {
     /// payload. A message with neither, or with one that is not a UUID, is rejected: it can
     /// never be processed exactly once.
     pub fn event_id(&self) -> Result<Uuid, HandlerError> {
+        let fields = if self.header(EVENT_ID_HEADER).is_some() {
+            EnvelopeFields::default()
+        } else {
+            self.envelope_fields()?
+        };
+        self.event_id_from(&fields)
+    }
+
+    fn event_id_from(&self, fields: &EnvelopeFields) -> Result<Uuid, HandlerError> {
         if let Some(raw) = self.header(EVENT_ID_HEADER) {
             let text = std::str::from_utf8(raw).map_err(|_| {
                 HandlerError::permanent(format!(
@@ -90,12 +106,44 @@ impl InboxMessage {
                 ))
             });
         }
-        #[derive(serde::Deserialize)]
-        struct IdOnly {
-            event_id: Uuid,
-        }
-        let id: IdOnly = self.json()?;
-        Ok(id.event_id)
+        let Some(id) = &fields.event_id else {
+            return Err(HandlerError::permanent(format!(
+                "message {} has no {EVENT_ID_HEADER} header and no event_id in its payload",
+                self.position_label()
+            )));
+        };
+        let text = id.as_str().ok_or_else(|| {
+            HandlerError::permanent(format!(
+                "message {}: the payload's event_id is not a string",
+                self.position_label()
+            ))
+        })?;
+        Uuid::parse_str(text).map_err(|e| {
+            HandlerError::permanent(format!(
+                "message {}: the payload's event_id is not a UUID: {e}",
+                self.position_label()
+            ))
+        })
+    }
+
+    /// The envelope fields the inbox row keeps, from a JSON payload; an error when the payload
+    /// is missing or not a JSON object.
+    fn envelope_fields(&self) -> Result<EnvelopeFields, HandlerError> {
+        self.json()
+    }
+
+    /// A deterministic id for a message that has no usable event id, so that it can be
+    /// recorded as rejected once, however often it is delivered: a version 8 UUID whose bits
+    /// are a 128-bit FNV-1a hash of `topic/partition/offset` (version 8 keeps it apart from
+    /// the outbox's version 7 event ids).
+    pub fn position_id(&self) -> Uuid {
+        const OFFSET_BASIS: u128 = 0x6c62272e07bb014262b821756295c58d;
+        const PRIME: u128 = 0x0000000001000000000000000000013B;
+        let label = format!("{}/{}/{}", self.topic, self.partition, self.offset);
+        let hash = label.bytes().fold(OFFSET_BASIS, |hash, byte| {
+            (hash ^ u128::from(byte)).wrapping_mul(PRIME)
+        });
+        uuid::Builder::from_custom_bytes(hash.to_be_bytes()).into_uuid()
     }
 
     /// `topic/partition@offset`, for logs and errors.
@@ -206,6 +254,73 @@ pub struct InboxEntry {
     pub correlation_id: Option<String>,
 }
 
+/// Longest `event_type` or `correlation_id` an inbox row keeps; a longer one is left out.
+const MAX_LABEL_LEN: usize = 255;
+
+/// The fields of a JSON envelope the inbox looks at; everything else is skipped unread.
+#[derive(Debug, Default, serde::Deserialize)]
+struct EnvelopeFields {
+    #[serde(default)]
+    event_id: Option<serde_json::Value>,
+    #[serde(default)]
+    event_type: Option<serde_json::Value>,
+    #[serde(default)]
+    correlation_id: Option<serde_json::Value>,
+}
+
+/// A short string field, or `None` when it is missing, not a string, empty, too long, or holds
+/// a NUL (which a PostgreSQL `text` column refuses).
+fn label(value: Option<&serde_json::Value>) -> Option<String> {
+    value
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty() && s.len() <= MAX_LABEL_LEN && !s.contains('\0'))
+        .map(str::to_owned)
+}
+
+impl InboxEntry {
+    /// The row `consumer` records for `message`: its [`event_id`](InboxMessage::event_id), its
+    /// position, and the `event_type` (the `event_type` header, else the envelope's) and
+    /// `correlation_id` (the envelope's) when they are short strings. An error when the message
+    /// has no usable event id: reject it under [`for_rejection`](Self::for_rejection).
+    pub fn for_message(consumer: &str, message: &InboxMessage) -> Result<Self, HandlerError> {
+        let has_header_id = message.header(EVENT_ID_HEADER).is_some();
+        let fields = match message.envelope_fields() {
+            Ok(fields) => fields,
+            // The header alone identifies the event; the payload need not be JSON.
+            Err(_) if has_header_id => EnvelopeFields::default(),
+            Err(e) => return Err(e),
+        };
+        let event_id = message.event_id_from(&fields)?;
+        let header_type = message
+            .header("event_type")
+            .and_then(|v| std::str::from_utf8(v).ok())
+            .map(|s| serde_json::Value::String(s.to_owned()));
+        Ok(Self {
+            consumer: consumer.to_owned(),
+            event_id,
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            event_type: label(header_type.as_ref()).or_else(|| label(fields.event_type.as_ref())),
+            correlation_id: label(fields.correlation_id.as_ref()),
+        })
+    }
+
+    /// The row under which `consumer` rejects a message that has no usable event id: its
+    /// [`position_id`](InboxMessage::position_id), so a redelivery is recognised.
+    pub fn for_rejection(consumer: &str, message: &InboxMessage) -> Self {
+        Self {
+            consumer: consumer.to_owned(),
+            event_id: message.position_id(),
+            topic: message.topic.clone(),
+            partition: message.partition,
+            offset: message.offset,
+            event_type: None,
+            correlation_id: None,
+        }
+    }
+}
+
 /// A message the inbox recorded as `rejected`, kept with its bytes so an operator can replay it
 /// after the cause is fixed, even once the broker has deleted it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -282,6 +397,36 @@ pub trait InboxStore: Send + Sync {
         event_id: Uuid,
     ) -> Result<Option<InboxMessage>, OutboxError>;
 
+    /// Replaces the error of the rejected row of `(consumer, event_id)` (after a replay failed
+    /// for good), returning `false` when there is no such rejected row.
+    ///
+    /// The default takes the row out and rejects the message again, in two transactions; a
+    /// store should override it with one statement.
+    async fn update_rejected(
+        &self,
+        consumer: &str,
+        event_id: Uuid,
+        error: &str,
+    ) -> Result<bool, OutboxError> {
+        let txn = self.begin().await?;
+        let message = match self.take_rejected(&txn, consumer, event_id).await {
+            Ok(Some(message)) => message,
+            Ok(None) => {
+                self.rollback(txn).await?;
+                return Ok(false);
+            }
+            Err(e) => {
+                let _ = self.rollback(txn).await;
+                return Err(e);
+            }
+        };
+        self.commit(txn).await?;
+        let mut entry = InboxEntry::for_message(consumer, &message)
+            .unwrap_or_else(|_| InboxEntry::for_rejection(consumer, &message));
+        entry.event_id = event_id;
+        self.reject(&entry, &message, error).await
+    }
+
     /// Deletes up to `limit` rows processed more than `older_than` ago (rejected rows
     /// included), returning how many. Retention must outlast any redelivery: a duplicate that
     /// arrives after its row is deleted is applied again.
@@ -331,6 +476,10 @@ pub enum SourceError {
 pub trait MessageSource: Send + Sync {
     /// Waits for at least one message, then returns it with those immediately available after
     /// it, at most `max` in all, in order per partition.
+    ///
+    /// The worker drops this future when it is asked to stop while waiting: messages it had
+    /// taken but not returned must be delivered again by the next run (they were not
+    /// committed).
     async fn next_batch(&self, max: usize) -> Result<Vec<InboxMessage>, SourceError>;
 
     /// Commits, for each partition, the offset after the last of `done` (all processed, in
