@@ -3,6 +3,9 @@
 use std::time::Duration;
 
 use outbox::Outbox;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::types::RDKafkaErrorCode;
 use sea_orm::{ConnectOptions, Database, DatabaseConnection};
 use sea_orm_migration::MigratorTrait;
 use tracing::{info, warn};
@@ -26,6 +29,9 @@ pub enum ServiceError {
     /// The outbox could not be built or stopped.
     #[error("outbox error: {0}")]
     Outbox(#[from] outbox_core::OutboxError),
+    /// Kafka topics could not be created.
+    #[error("kafka error: {0}")]
+    Kafka(String),
     /// The listening socket failed.
     #[error("http server error: {0}")]
     Io(#[from] std::io::Error),
@@ -58,6 +64,47 @@ pub async fn require_migrated(db: &DatabaseConnection) -> Result<(), ServiceErro
     Ok(())
 }
 
+/// Creates, when missing, every topic the service publishes and consumes, under the configured
+/// prefix (3 partitions, replication factor 1).
+pub async fn create_topics(config: &Config) -> Result<(), ServiceError> {
+    let mut admin_config = rdkafka::ClientConfig::new();
+    admin_config.set("bootstrap.servers", &config.kafka.bootstrap_servers);
+    for (key, value) in &config.consumer_properties {
+        admin_config.set(key, value);
+    }
+    let admin: AdminClient<DefaultClientContext> = admin_config
+        .create()
+        .map_err(|e| ServiceError::Kafka(e.to_string()))?;
+    let mut names: Vec<String> = crate::events::PUBLISHED_TOPICS
+        .iter()
+        .chain(crate::events::CONSUMED_TOPICS.iter())
+        .map(|t| config.topic(t))
+        .collect();
+    names.sort();
+    names.dedup();
+    let topics: Vec<NewTopic<'_>> = names
+        .iter()
+        .map(|name| NewTopic::new(name, 3, TopicReplication::Fixed(1)))
+        .collect();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = admin
+        .create_topics(&topics, &options)
+        .await
+        .map_err(|e| ServiceError::Kafka(e.to_string()))?;
+    for result in results {
+        match result {
+            Ok(topic) => info!(topic, "kafka topic created"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(ServiceError::Kafka(format!(
+                    "cannot create {topic}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Builds the outbox (relay not started) and the routes' state.
 pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, ServiceError> {
     let outbox = Outbox::builder(db)
@@ -74,7 +121,7 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
     })
 }
 
-/// Runs the service: migrates when configured, starts the relay, serves HTTP until SIGTERM or
+/// Runs the service: migrates and creates topics when configured, starts the relay, serves HTTP until SIGTERM or
 /// ctrl-c, then drains requests and stops the relay (in-flight sends acknowledged, producer
 /// flushed).
 pub async fn serve(config: Config) -> Result<(), ServiceError> {
@@ -84,6 +131,9 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
         info!("migrations applied");
     }
     require_migrated(&db).await?;
+    if config.create_topics {
+        create_topics(&config).await?;
+    }
     let state = build(&config, db)?;
     state.outbox.start()?;
     let consumers = crate::consumers::handlers(&config);

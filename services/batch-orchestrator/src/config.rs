@@ -55,6 +55,10 @@ pub struct Config {
     pub inbox_retention: Duration,
     /// `BATCH_ORCHESTRATOR_SERVICE_MIGRATE_ON_START`, default false.
     pub migrate_on_start: bool,
+    /// `BATCH_ORCHESTRATOR_SERVICE_CREATE_TOPICS`, default false: create the topics the service
+    /// publishes and consumes at start when missing (development and demos; production topics
+    /// are provisioned).
+    pub create_topics: bool,
     /// `OUTBOX_*`: the relay's settings.
     pub relay: RelaySettings,
     /// `LOG_FORMAT`, `json` (default) or `pretty`.
@@ -143,6 +147,7 @@ impl Config {
             max_request_bytes,
             inbox_retention: Duration::from_secs(retention_hours * 3600),
             migrate_on_start: flag(env, &var("MIGRATE_ON_START"))?,
+            create_topics: flag(env, &var("CREATE_TOPICS"))?,
             relay: outbox_cli::env::relay_settings(env)?,
             log_format: outbox_cli::env::log_format(env)?,
         })
@@ -180,6 +185,7 @@ mod tests {
         assert_eq!(config.max_request_bytes, 1024 * 1024);
         assert_eq!(config.inbox_retention, Duration::from_secs(168 * 3600));
         assert!(!config.migrate_on_start);
+        assert!(!config.create_topics);
         assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(config.relay, RelaySettings::default());
         assert_eq!(config.log_format, LogFormat::Json);

@@ -53,7 +53,8 @@ impl MigrationTrait for CreateBatchOrchestratorTables {
     }
 }
 
-/// The service's migrator: the outbox's tables first, then the service's own.
+/// The service's migrator: the outbox's tables (`event_outbox`, `event_inbox`) first, then the
+/// service's own.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Migrator;
 
@@ -62,7 +63,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(outbox_seaorm::CreateEventOutbox),
             Box::new(outbox_seaorm::AddCommitHorizon),
-            // LEAD: add `Box::new(outbox_seaorm::CreateEventInbox),` here once it is on main.
+            Box::new(outbox_seaorm::CreateEventInbox),
             Box::new(CreateBatchOrchestratorTables),
         ]
     }
