@@ -69,8 +69,14 @@ pub async fn require_migrated(db: &DatabaseConnection) -> Result<(), ServiceErro
 pub async fn create_topics(config: &Config) -> Result<(), ServiceError> {
     let mut admin_config = rdkafka::ClientConfig::new();
     admin_config.set("bootstrap.servers", &config.kafka.bootstrap_servers);
-    for (key, value) in &config.consumer_properties {
-        admin_config.set(key, value);
+    // The security settings (TLS, SASL) an admin client needs, as the consumer has them.
+    for (key, value) in &config.consumer.properties {
+        if ["security.", "ssl.", "sasl."]
+            .iter()
+            .any(|p| key.starts_with(p))
+        {
+            admin_config.set(key, value);
+        }
     }
     let admin: AdminClient<DefaultClientContext> = admin_config
         .create()

@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use outbox::{KafkaConfig, RelaySettings};
+use outbox_core::InboxSettings;
+use outbox_kafka::KafkaConsumerConfig;
 
 pub use outbox_cli::env::{ConfigError, Env, LogFormat, ProcessEnv};
 use outbox_cli::env::{error, flag, parse};
@@ -32,9 +34,10 @@ pub struct Config {
     pub database_url: String,
     /// `KAFKA_BOOTSTRAP_SERVERS` (default `127.0.0.1:9092`) and `KAFKA_PRODUCER_*` properties.
     pub kafka: KafkaConfig,
-    /// `KAFKA_CONSUMER_*` properties (`KAFKA_CONSUMER_SECURITY_PROTOCOL` gives
-    /// `security.protocol`), for the inbox's consumer.
-    pub consumer_properties: Vec<(String, String)>,
+    /// The inbox's consumer: `KAFKA_BOOTSTRAP_SERVERS`, the group id, `client.id`
+    /// `bos-pipeline-orchestrator`, and `KAFKA_CONSUMER_*` properties
+    /// (`KAFKA_CONSUMER_SECURITY_PROTOCOL` gives `security.protocol`).
+    pub consumer: KafkaConsumerConfig,
     /// `BATCH_ORCHESTRATOR_SERVICE_PORT`, default 5000.
     pub http_port: u16,
     /// `BATCH_ORCHESTRATOR_SERVICE_KAFKA_CONSUMER_GROUP_ID`, default
@@ -50,9 +53,10 @@ pub struct Config {
     pub max_essays: u32,
     /// `BATCH_ORCHESTRATOR_SERVICE_MAX_REQUEST_BYTES`, default 1 MiB: the largest request body.
     pub max_request_bytes: usize,
-    /// `BATCH_ORCHESTRATOR_SERVICE_INBOX_RETENTION_HOURS`, default 168: how long inbox rows are
-    /// kept to drop duplicates.
-    pub inbox_retention: Duration,
+    /// The inbox's settings: the library's defaults, with `retention` from
+    /// `BATCH_ORCHESTRATOR_SERVICE_INBOX_RETENTION_HOURS` (default 168: how long inbox rows are
+    /// kept to drop duplicates).
+    pub inbox: InboxSettings,
     /// `BATCH_ORCHESTRATOR_SERVICE_MIGRATE_ON_START`, default false.
     pub migrate_on_start: bool,
     /// `BATCH_ORCHESTRATOR_SERVICE_CREATE_TOPICS`, default false: create the topics the service
@@ -70,16 +74,6 @@ impl Config {
     pub fn from_env(env: &dyn Env) -> Result<Self, ConfigError> {
         let database_url = outbox_cli::env::database_url(env)?;
         let kafka = outbox_cli::env::kafka_config(env)?;
-        let mut consumer_properties = Vec::new();
-        for (name, value) in env.with_prefix("KAFKA_CONSUMER_") {
-            let property = name["KAFKA_CONSUMER_".len()..]
-                .to_ascii_lowercase()
-                .replace('_', ".");
-            if property.is_empty() {
-                return Err(error(&name, "names no consumer property"));
-            }
-            consumer_properties.push((property, value));
-        }
         let var = |name: &str| format!("{PREFIX}{name}");
         let http_port = parse::<u16>(env, &var("PORT"), "a port number (0-65535)")?.unwrap_or(5000);
         let group_id = match env.get(&var("KAFKA_CONSUMER_GROUP_ID")) {
@@ -92,6 +86,20 @@ impl Config {
             }
             Some(g) => g.trim().to_owned(),
         };
+        let mut consumer = KafkaConsumerConfig::new(kafka.bootstrap_servers.clone(), &group_id)
+            .with_property("client.id", CLIENT_ID);
+        for (name, value) in env.with_prefix("KAFKA_CONSUMER_") {
+            let property = name["KAFKA_CONSUMER_".len()..]
+                .to_ascii_lowercase()
+                .replace('_', ".");
+            if property.is_empty() {
+                return Err(error(&name, "names no consumer property"));
+            }
+            consumer = consumer.with_property(property, value);
+            consumer
+                .validate()
+                .map_err(|e| error(&name, e.to_string()))?;
+        }
         let topic_prefix = env.get(&var("TOPIC_PREFIX")).unwrap_or_default();
         if topic_prefix.len() > 100
             || !topic_prefix
@@ -138,14 +146,15 @@ impl Config {
         Ok(Self {
             database_url,
             kafka,
-            consumer_properties,
+            consumer,
             http_port,
             group_id,
             topic_prefix,
             readiness,
             max_essays,
             max_request_bytes,
-            inbox_retention: Duration::from_secs(retention_hours * 3600),
+            inbox: InboxSettings::default()
+                .with_retention(Duration::from_secs(retention_hours * 3600)),
             migrate_on_start: flag(env, &var("MIGRATE_ON_START"))?,
             create_topics: flag(env, &var("CREATE_TOPICS"))?,
             relay: outbox_cli::env::relay_settings(env)?,
@@ -183,13 +192,23 @@ mod tests {
         assert_eq!(config.readiness, Readiness::Internal);
         assert_eq!(config.max_essays, 1000);
         assert_eq!(config.max_request_bytes, 1024 * 1024);
-        assert_eq!(config.inbox_retention, Duration::from_secs(168 * 3600));
+        assert_eq!(config.inbox, InboxSettings::default());
+        assert_eq!(config.inbox.retention, Duration::from_secs(168 * 3600));
+        assert_eq!(config.consumer.group_id, "batch-orchestrator-consumers");
+        assert_eq!(config.consumer.bootstrap_servers, "127.0.0.1:9092");
+        assert_eq!(
+            config.consumer.property("client.id"),
+            Some("bos-pipeline-orchestrator")
+        );
+        assert_eq!(
+            config.consumer.property("auto.offset.reset"),
+            Some("earliest")
+        );
         assert!(!config.migrate_on_start);
         assert!(!config.create_topics);
         assert_eq!(config.kafka.bootstrap_servers, "127.0.0.1:9092");
         assert_eq!(config.relay, RelaySettings::default());
         assert_eq!(config.log_format, LogFormat::Json);
-        assert!(config.consumer_properties.is_empty());
     }
 
     #[test]
@@ -212,16 +231,15 @@ mod tests {
         .unwrap();
         assert_eq!(config.kafka.bootstrap_servers, "k1:9093");
         assert_eq!(config.kafka.property("security.protocol"), Some("SSL"));
-        assert_eq!(
-            config.consumer_properties,
-            vec![("session.timeout.ms".to_owned(), "9000".to_owned())]
-        );
+        assert_eq!(config.consumer.property("session.timeout.ms"), Some("9000"));
+        assert_eq!(config.consumer.group_id, "g1");
+        assert_eq!(config.consumer.bootstrap_servers, "k1:9093");
         assert_eq!(config.http_port, 5001);
         assert_eq!(config.group_id, "g1");
         assert_eq!(config.topic("huleedu.x.v1"), "test.huleedu.x.v1");
         assert_eq!(config.readiness, Readiness::Els);
         assert_eq!(config.max_essays, 10);
-        assert_eq!(config.inbox_retention, Duration::from_secs(7200));
+        assert_eq!(config.inbox.retention, Duration::from_secs(7200));
         assert!(config.migrate_on_start);
         assert_eq!(config.relay.batch_size, 50);
         assert_eq!(config.log_format, LogFormat::Pretty);
