@@ -27,12 +27,15 @@ use crate::Error;
 pub const INBOX_LAG: &str = "outbox_inbox_lag_messages";
 
 /// Consumer properties the source sets unless overridden.
-pub const CONSUMER_DEFAULT_PROPERTIES: [(&str, &str); 5] = [
+pub const CONSUMER_DEFAULT_PROPERTIES: [(&str, &str); 6] = [
     // A new group starts at the beginning: nothing published before the consumer first ran is
     // skipped.
     ("auto.offset.reset", "earliest"),
     // Transactional producers' aborted messages are never applied.
     ("isolation.level", "read_committed"),
+    // A subscribed topic created after the consumer started is consumed within 10 s, not after
+    // librdkafka's default of 5 minutes.
+    ("topic.metadata.refresh.interval.ms", "10000"),
     // Lag for the `outbox_inbox_lag_messages` gauge.
     ("statistics.interval.ms", "5000"),
     // The inbox worker commits; librdkafka never commits on its own.

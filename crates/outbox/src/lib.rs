@@ -3,20 +3,23 @@
 
 mod builder;
 mod error;
+mod inbox;
 mod transaction;
 
 use std::sync::Arc;
 
 pub use builder::OutboxBuilder;
 pub use error::Error;
+pub use inbox::{Inbox, InboxBuilder, OutboxInboxStore};
 pub use transaction::OutboxTransaction;
 
 pub use outbox_core::{
-    EventEnvelope, EventId, EventTypeMapper, NewOutboxEvent, OutboxError, OutboxStats,
-    RelayNotifier, RelaySettings, RelayStatus, TopicMap,
+    EventEnvelope, EventId, EventTypeMapper, Handled, HandlerError, InboxHandler, InboxMessage,
+    InboxSettings, InboxStatus, NewOutboxEvent, OutboxError, OutboxStats, RejectedMessage,
+    RelayNotifier, RelaySettings, RelayStatus, Replayed, TopicMap,
 };
-pub use outbox_kafka::KafkaConfig;
-pub use outbox_seaorm::{OutboxMigrator, PostgresOutbox};
+pub use outbox_kafka::{KafkaConfig, KafkaConsumerConfig};
+pub use outbox_seaorm::{OutboxMigrator, PostgresInbox, PostgresOutbox};
 
 /// The building blocks, for services that assemble the outbox themselves or need a capability
 /// the facade does not cover (dead-letter administration, custom publishers, tests).
@@ -32,7 +35,8 @@ pub mod parts {
 /// (unnamed), so statements run on an [`OutboxTransaction`] without another import.
 pub mod prelude {
     pub use crate::{
-        Error, EventEnvelope, KafkaConfig, NewOutboxEvent, Outbox, OutboxTransaction, RelaySettings,
+        Error, EventEnvelope, Handled, HandlerError, InboxHandler, InboxMessage, KafkaConfig,
+        KafkaConsumerConfig, NewOutboxEvent, Outbox, OutboxTransaction, RelaySettings,
     };
     pub use sea_orm::{ConnectionTrait as _, TransactionTrait as _};
 }
