@@ -1,8 +1,9 @@
 //! Building the service from its configuration, and running it until a signal stops it.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use outbox::Outbox;
+use outbox::{Inbox, Outbox};
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::types::RDKafkaErrorCode;
@@ -127,9 +128,69 @@ pub fn build(config: &Config, db: DatabaseConnection) -> Result<AppState, Servic
     })
 }
 
-/// Runs the service: migrates and creates topics when configured, starts the relay, serves HTTP until SIGTERM or
-/// ctrl-c, then drains requests and stops the relay (in-flight sends acknowledged, producer
-/// flushed).
+/// The service with its relay and its inbox running.
+#[derive(Clone)]
+pub struct Running {
+    /// The routes' state (its `consumers` report the inbox).
+    pub state: AppState,
+    /// The inbox consuming the service's topics.
+    pub inbox: Inbox,
+}
+
+impl std::fmt::Debug for Running {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Running")
+            .field("inbox", &self.inbox)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Builds the service on a migrated database and starts the relay, then the inbox with the
+/// handlers of [`handlers`](crate::consumers::handlers) (consumer group and client id from the
+/// configuration).
+pub fn start(config: &Config, db: DatabaseConnection) -> Result<Running, ServiceError> {
+    let mut state = build(config, db)?;
+    state.outbox.start()?;
+    let mut inbox = state
+        .outbox
+        .inbox(config.consumer.clone())
+        .settings(config.inbox.clone());
+    for consumer in crate::consumers::handlers(config) {
+        info!(consumer = consumer.name, topics = ?consumer.topics, group_id = %config.consumer.group_id, "consumer configured");
+        inbox = inbox.shared_handler(consumer.name, consumer.topics, consumer.handler);
+    }
+    let inbox = match inbox.start() {
+        Ok(inbox) => inbox,
+        Err(e) => {
+            // Nothing was consumed; the relay stops so the process can exit cleanly.
+            let outbox = state.outbox.clone();
+            tokio::spawn(async move { outbox.stop().await });
+            return Err(e.into());
+        }
+    };
+    state.consumers = Some(Arc::new(inbox.clone()));
+    Ok(Running { state, inbox })
+}
+
+impl Running {
+    /// Stops the inbox (the batch in flight applied and its offsets committed), then the relay
+    /// (the events of that batch included: in-flight sends acknowledged, producer flushed).
+    pub async fn stop(&self) -> Result<(), ServiceError> {
+        let inbox = self.inbox.stop().await;
+        if let Err(e) = &inbox {
+            warn!(error = %e, "the inbox did not stop cleanly; unapplied messages will be delivered again");
+        }
+        if let Err(e) = self.state.outbox.stop().await {
+            warn!(error = %e, "the relay did not stop cleanly; unsent events stay in the outbox");
+            return Err(e.into());
+        }
+        Ok(inbox?)
+    }
+}
+
+/// Runs the service: migrates and creates topics when configured, starts the relay and the
+/// inbox, serves HTTP until SIGTERM or ctrl-c, then drains requests, stops the inbox and then
+/// the relay.
 pub async fn serve(config: Config) -> Result<(), ServiceError> {
     let db = connect(&config).await?;
     if config.migrate_on_start {
@@ -140,26 +201,15 @@ pub async fn serve(config: Config) -> Result<(), ServiceError> {
     if config.create_topics {
         create_topics(&config).await?;
     }
-    let state = build(&config, db)?;
-    state.outbox.start()?;
-    let consumers = crate::consumers::handlers(&config);
-    for consumer in &consumers {
-        info!(consumer = consumer.name, topics = ?consumer.topics, group_id = %config.group_id, "consumer configured");
-    }
+    let running = start(&config, db)?;
 
     let listener = tokio::net::TcpListener::bind(("0.0.0.0", config.http_port)).await?;
     info!(port = config.http_port, address = %listener.local_addr()?, "batch orchestrator listening");
-    let outbox = state.outbox.clone();
-    axum::serve(listener, app(state))
+    axum::serve(listener, app(running.state.clone()))
         .with_graceful_shutdown(outbox_cli::relay::shutdown_signal())
         .await?;
 
-    match outbox.stop().await {
-        Ok(()) => info!("batch orchestrator stopped"),
-        Err(e) => {
-            warn!(error = %e, "the relay did not stop cleanly; unsent events stay in the outbox");
-            return Err(e.into());
-        }
-    }
+    running.stop().await?;
+    info!("batch orchestrator stopped");
     Ok(())
 }

@@ -68,14 +68,16 @@ pub fn handlers(config: &Config) -> Vec<Consumer> {
     consumers
 }
 
-/// A database error inside a handler: transient, the message is retried.
-pub(crate) fn transient(error: DbErr) -> HandlerError {
-    HandlerError::transient(format!("database error: {error}"))
+/// A database error inside a handler, classified as the facade does: an integrity violation,
+/// bad data or a statement that cannot run is permanent (the same message would repeat it);
+/// anything else (the connection, a deadlock, a restarting server) is transient and retried.
+pub(crate) fn db_error(error: DbErr) -> HandlerError {
+    outbox::Error::Database(error).into()
 }
 
 /// An outbox error inside a handler, with its retry class.
 pub(crate) fn outbox_error(error: outbox::Error) -> HandlerError {
-    outbox_core::OutboxError::from(error).into()
+    error.into()
 }
 
 /// The correlation id for events a handler publishes: the consumed envelope's, or else the
@@ -103,7 +105,7 @@ pub(crate) async fn execute(
     ))
     .await
     .map(|r| r.rows_affected())
-    .map_err(transient)
+    .map_err(db_error)
 }
 
 /// The first row of `sql` on `txn`.
@@ -118,7 +120,7 @@ pub(crate) async fn query_one(
         values,
     ))
     .await
-    .map_err(transient)
+    .map_err(db_error)
 }
 
 /// Every row of `sql` on `txn`.
@@ -133,7 +135,7 @@ pub(crate) async fn query_all(
         values,
     ))
     .await
-    .map_err(transient)
+    .map_err(db_error)
 }
 
 /// Column `name` of `row`.
@@ -141,7 +143,7 @@ pub(crate) fn get<T: sea_orm::TryGetable>(
     row: &QueryResult,
     name: &str,
 ) -> Result<T, HandlerError> {
-    row.try_get("", name).map_err(transient)
+    row.try_get("", name).map_err(db_error)
 }
 
 /// A string field of a batch's stored request (`processing_metadata`).

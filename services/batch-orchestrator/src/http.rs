@@ -34,6 +34,30 @@ pub trait ConsumerHealth: Send + Sync {
     fn report(&self) -> (bool, Value);
 }
 
+impl ConsumerHealth for outbox::Inbox {
+    fn report(&self) -> (bool, Value) {
+        let status = self.status();
+        let assignment: Vec<Value> = self
+            .assignment()
+            .into_iter()
+            .map(|(topic, partition)| json!({"topic": topic, "partition": partition}))
+            .collect();
+        (
+            status.running,
+            json!({
+                "running": status.running,
+                "topics": self.topics(),
+                "assignment": assignment,
+                "consumed": status.consumed,
+                "duplicates": status.duplicates,
+                "rejected": status.rejected,
+                "last_error": status.last_error,
+                "last_message_at": status.last_message_at,
+            }),
+        )
+    }
+}
+
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
