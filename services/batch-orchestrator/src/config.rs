@@ -48,8 +48,10 @@ pub struct Config {
     pub topic_prefix: String,
     /// `BATCH_ORCHESTRATOR_SERVICE_READINESS`, `internal` (default) or `els`.
     pub readiness: Readiness,
-    /// `BATCH_ORCHESTRATOR_SERVICE_MAX_ESSAYS`, default 1,000: the most essays one registration
-    /// may expect.
+    /// `BATCH_ORCHESTRATOR_SERVICE_MAX_ESSAYS`, default 1,000, at most 5,000: the most essays one
+    /// registration may expect. The cap keeps the largest event a batch causes (the
+    /// student-matching command, at most about 170 bytes an essay) under Kafka's default 1 MB message
+    /// limit, so no event of a registered batch can be refused by the broker.
     pub max_essays: u32,
     /// `BATCH_ORCHESTRATOR_SERVICE_MAX_REQUEST_BYTES`, default 1 MiB: the largest request body.
     pub max_request_bytes: usize,
@@ -122,8 +124,8 @@ impl Config {
             }
         };
         let max_essays = parse::<u32>(env, &var("MAX_ESSAYS"), "a whole number")?.unwrap_or(1000);
-        if !(1..=100_000).contains(&max_essays) {
-            return Err(error(&var("MAX_ESSAYS"), "must be between 1 and 100000"));
+        if !(1..=5000).contains(&max_essays) {
+            return Err(error(&var("MAX_ESSAYS"), "must be between 1 and 5000"));
         }
         let max_request_bytes =
             parse::<usize>(env, &var("MAX_REQUEST_BYTES"), "a number of bytes")?
@@ -271,6 +273,10 @@ mod tests {
             ),
             (
                 &[DB, ("BATCH_ORCHESTRATOR_SERVICE_MAX_ESSAYS", "0")],
+                "BATCH_ORCHESTRATOR_SERVICE_MAX_ESSAYS",
+            ),
+            (
+                &[DB, ("BATCH_ORCHESTRATOR_SERVICE_MAX_ESSAYS", "5001")],
                 "BATCH_ORCHESTRATOR_SERVICE_MAX_ESSAYS",
             ),
             (

@@ -51,8 +51,9 @@ pub const CONSUMED_TOPICS: [&str; 3] = [
     CONTENT_PROVISIONING_COMPLETED_TOPIC,
 ];
 
-/// Longest id or storage reference accepted from a consumed event.
-pub const MAX_ID_CHARS: usize = 255;
+/// Longest id or storage reference accepted from a consumed event (the File Service sends
+/// 36-character UUIDs; the bound keeps a 5,000-essay batch's events under 1 MB).
+pub const MAX_ID_CHARS: usize = 64;
 /// Longest file name accepted from a consumed event.
 pub const MAX_FILE_NAME_CHARS: usize = 1024;
 
