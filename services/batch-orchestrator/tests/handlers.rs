@@ -62,7 +62,8 @@ impl Fixture {
             "org_id": "org-9",
             "class_id": class_id,
         });
-        let request = validate(body.to_string().as_bytes(), 1000).unwrap();
+        // The largest count the configuration allows.
+        let request = validate(body.to_string().as_bytes(), 5000).unwrap();
         let correlation = Uuid::new_v4();
         let registered = register(&self.outbox, self.prefix, &request, correlation)
             .await
@@ -691,4 +692,33 @@ fn readiness_els_registers_only_the_provisioning_completed_handler() {
     assert_eq!(consumers.len(), 1);
     assert_eq!(consumers[0].name, PROVISIONING_COMPLETED_CONSUMER);
     assert_eq!(consumers[0].topics, vec![COMPLETED.to_owned()]);
+}
+
+#[tokio::test]
+async fn the_largest_batch_allowed_keeps_every_event_under_kafkas_message_limit() {
+    let f = fixture("").await;
+    let ids: Vec<String> = (0..5000).map(|_| Uuid::new_v4().to_string()).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let (batch, _) = f.batch(&refs, Some("class-1")).await;
+    let essays: Vec<Value> = ids
+        .iter()
+        .map(|id| json!({"essay_id": id, "text_storage_id": "s".repeat(64)}))
+        .collect();
+    let completion = f.message(
+        COMPLETED,
+        json!({"batch_id": batch, "essays_for_processing": essays}),
+        Uuid::new_v4(),
+    );
+    assert_eq!(
+        f.run(&f.bos, &completion).await.unwrap(),
+        Handled::applied()
+    );
+    let largest = outbox_rows(&f.conn)
+        .await
+        .iter()
+        .map(|row| row.payload.len())
+        .max()
+        .unwrap();
+    assert!(largest < 1_000_000, "largest event: {largest} bytes");
+    assert_eq!(f.events(COMMAND).await.len(), 1);
 }
