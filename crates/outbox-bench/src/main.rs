@@ -20,12 +20,15 @@
 //!    3b. **writers in another process** (a child process of this program) at 1, 50 and 1,000
 //!    events/s, with `wake_notifier()` and polling only, beside the in-process figure; and what
 //!    `notify()` after each commit costs B, S and L at 1 and 8 clients;
-//! 4. **scaling**: drain rate by backlog size, and peak memory.
+//! 4. **scaling**: drain rate by backlog size, and peak memory;
+//! 5. **inbox**: events/s consumed through the inbox with a trivial handler, beside a raw
+//!    rdkafka consumer reading the same topic.
 //!
 //! Each run creates its own database and topics and drops them at the end. Results go to
 //! `benchmarks.json` and `benchmarks.md` in the output folder (`docs/` by default).
 
 mod env;
+mod inbox;
 mod latency;
 mod relay;
 mod remote;
@@ -67,10 +70,11 @@ pub(crate) enum Phase {
     Latency,
     Remote,
     Scaling,
+    Inbox,
 }
 
 impl Phase {
-    const ALL: [Phase; 7] = [
+    const ALL: [Phase; 8] = [
         Phase::Write,
         Phase::Sweep,
         Phase::Upload,
@@ -78,6 +82,7 @@ impl Phase {
         Phase::Latency,
         Phase::Remote,
         Phase::Scaling,
+        Phase::Inbox,
     ];
 
     fn parse(name: &str) -> Result<Self> {
@@ -89,8 +94,10 @@ impl Phase {
             "latency" => Ok(Self::Latency),
             "remote" => Ok(Self::Remote),
             "scaling" => Ok(Self::Scaling),
+            "inbox" => Ok(Self::Inbox),
             other => Err(format!(
-                "unknown phase `{other}` (write, sweep, upload, relay, latency, remote, scaling)"
+                "unknown phase `{other}` (write, sweep, upload, relay, latency, remote, scaling, \
+                 inbox)"
             )
             .into()),
         }
@@ -144,6 +151,9 @@ pub(crate) struct Sizes {
     pub(crate) latency_secs: f64,
     pub(crate) latency_warmup_secs: f64,
     pub(crate) latency_writers: usize,
+    /// Messages the inbox phase consumes, and its rounds (raw consumer, then inbox).
+    pub(crate) inbox_events: u64,
+    pub(crate) inbox_rounds: usize,
     /// Distinct Kafka keys.
     pub(crate) keys: usize,
     pub(crate) partitions: i32,
@@ -179,6 +189,8 @@ impl Sizes {
                 latency_secs: 3.0,
                 latency_warmup_secs: 0.5,
                 latency_writers: 4,
+                inbox_events: 2_000,
+                inbox_rounds: 1,
                 keys: 1_000,
                 partitions: 6,
             };
@@ -214,6 +226,8 @@ impl Sizes {
             latency_secs: 20.0,
             latency_warmup_secs: 2.0,
             latency_writers: 16,
+            inbox_events: 50_000,
+            inbox_rounds: 3,
             keys: 1_000,
             partitions: 6,
         }
@@ -234,7 +248,7 @@ struct Args {
 
 const USAGE: &str = "\
 usage: outbox-bench [--smoke] [--large] [--nagle] [--backlog N] [--batch-sizes 500,1000] \
-[--latency-secs S] [--only write,sweep,upload,relay,latency,remote,scaling] [--out DIR]
+[--latency-secs S] [--only write,sweep,upload,relay,latency,remote,scaling,inbox] [--out DIR]
 
   --smoke         tiny sizes (well under a minute); writes to a temporary folder unless --out
   --large         1,000,000-event backlogs (throughput and scaling)
@@ -356,6 +370,7 @@ async fn main() -> Result<()> {
                 results.latency = latency::run(&env, &args.sizes, half_r.map(|r| r / 2.0)).await?;
             }
             Phase::Remote => results.remote = Some(remote::run(&env, &args.sizes).await?),
+            Phase::Inbox => results.inbox = Some(inbox::run(&env, &args.sizes).await?),
             Phase::Scaling => {
                 let budget_start = started.checked_add(outside_budget).unwrap_or(started);
                 results.scaling = Some(relay::scaling(&env, &args.sizes, budget_start).await?)

@@ -8,6 +8,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
 use crate::env::{Machine, PAYLOAD_BYTES, RAW_BYTES};
+use crate::inbox::InboxResults;
 use crate::latency::LatencyRun;
 use crate::relay::{Drain, Explain, LargeDrain, RelayResults, Scaling};
 use crate::remote::{RemoteResults, Writers};
@@ -27,6 +28,7 @@ pub(crate) struct Results {
     pub(crate) latency: Vec<LatencyRun>,
     pub(crate) remote: Option<RemoteResults>,
     pub(crate) scaling: Option<Scaling>,
+    pub(crate) inbox: Option<InboxResults>,
 }
 
 /// How the run was made.
@@ -196,6 +198,20 @@ fn targets(results: &Results) -> Vec<Target> {
             _ => None,
         },
     });
+    let inbox = results.inbox.as_ref();
+    targets.push(Target {
+        name: "inbox, trivial handler",
+        goal: ">= 10,000 events/s",
+        measured: inbox.map_or("-".into(), |i| {
+            format!(
+                "{:.0} events/s (raw consumer {:.0}/s, ratio {:.2})",
+                i.inbox_median(),
+                i.raw_median(),
+                i.inbox_median() / i.raw_median()
+            )
+        }),
+        met: inbox.map(|i| i.inbox_median() >= 10_000.0),
+    });
     targets
 }
 
@@ -211,6 +227,8 @@ fn sizes_json(sizes: &Sizes) -> Value {
         "latency_seconds": sizes.latency_secs,
         "latency_warmup_seconds": sizes.latency_warmup_secs,
         "latency_writers": sizes.latency_writers,
+        "inbox_events": sizes.inbox_events,
+        "inbox_rounds": sizes.inbox_rounds,
         "keys": sizes.keys,
         "partitions": sizes.partitions,
         "payload_bytes": PAYLOAD_BYTES,
@@ -250,6 +268,7 @@ fn to_json(machine: &Machine, run: &Run, results: &Results) -> Value {
         "latency": results.latency.iter().map(LatencyRun::to_json).collect::<Vec<_>>(),
         "remote_writers": results.remote.as_ref().map(RemoteResults::to_json),
         "scaling": results.scaling.as_ref().map(Scaling::to_json),
+        "inbox": results.inbox.as_ref().map(InboxResults::to_json),
         "targets": targets(results).iter().map(|t| json!({
             "name": t.name,
             "goal": t.goal,
@@ -728,6 +747,39 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
                 }
             }
         }
+    }
+    if let Some(inbox) = &results.inbox {
+        let _ = writeln!(out, "\n## 5. The inbox\n");
+        let _ = writeln!(
+            out,
+            "{} messages on {} partitions (small JSON envelopes with an `event_id` header), read \
+             by a raw rdkafka consumer (async offset commits every 500 messages) and by the inbox \
+             with a trivial handler (per batch: one transaction recording the event ids in \
+             `event_inbox`, commit, then the offsets), each from a consumer group of its own, \
+             rounds alternating. Rates count from each run's first message to its last, so \
+             joining the group is left out of both.\n",
+            inbox.events, inbox.partitions
+        );
+        let _ = writeln!(
+            out,
+            "| round | raw consumer (events/s) | inbox (events/s) | inbox / raw |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|");
+        for (round, (raw, through)) in inbox.raw.iter().zip(&inbox.inbox).enumerate() {
+            let _ = writeln!(
+                out,
+                "| {} | {raw:.0} | {through:.0} | {:.2} |",
+                round + 1,
+                through / raw
+            );
+        }
+        let _ = writeln!(
+            out,
+            "| median | {:.0} | {:.0} | {:.2} |",
+            inbox.raw_median(),
+            inbox.inbox_median(),
+            inbox.inbox_median() / inbox.raw_median()
+        );
     }
     let _ = writeln!(
         out,
