@@ -516,3 +516,17 @@ async fn the_builder_refuses_what_cannot_work() {
     running.stop().await.unwrap();
     running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_fatal_source_error_stops_the_worker_with_it() {
+    let (_, source, _, worker) = setup();
+    source.fail_next_poll(SourceError::Fatal("bad credentials".into()));
+    worker.start().unwrap();
+    until("stopped", || !worker.status().running).await;
+    let error = worker.stop().await.unwrap_err();
+    assert!(
+        matches!(&error, OutboxError::Source(SourceError::Fatal(m)) if m == "bad credentials"),
+        "{error}"
+    );
+    assert!(!error.is_retryable());
+}

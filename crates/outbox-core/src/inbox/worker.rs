@@ -596,7 +596,11 @@ where
             Ok(messages) if messages.is_empty() => tokio::task::yield_now().await,
             Ok(messages) => {
                 batcher.backoff.reset();
-                batcher.process(messages, &mut stop).await?;
+                if let Err(e) = batcher.process(messages, &mut stop).await {
+                    warn!(error = %e, "outbox inbox worker stops: its message source failed");
+                    lock(&shared.status).running = false;
+                    return Err(e);
+                }
             }
             Err(SourceError::Fatal(reason)) => {
                 let error = SourceError::Fatal(reason);
