@@ -413,6 +413,46 @@ async fn a_database_outage_is_survived_with_backoff() {
     worker.stop().await.unwrap();
 }
 
+/// A wake-up whose events are not claimable yet (an older transaction still holds the commit
+/// horizon) must not be lost until the next poll: the relay looks again after its shortest wait,
+/// and finds them once the horizon moves, although that transaction's commit sends no wake-up.
+#[tokio::test]
+async fn a_wake_up_behind_a_held_horizon_is_not_lost_until_the_poll() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let settings = fast()
+        .with_min_poll_interval(Duration::from_millis(10))
+        .with_poll_interval(Duration::from_secs(60));
+    let worker = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    worker.start().unwrap();
+    // Idle long enough for the wait between polls to grow to 5 s (10 ms doubled 9 times).
+    until("idle polls", || store.claims.load(Ordering::SeqCst) >= 10).await;
+
+    let holder = store.reserve_id();
+    store.add(event("a", 1));
+    let claims = store.claims.load(Ordering::SeqCst);
+    worker.notifier().notify();
+    until("the woken claim", || {
+        store.claims.load(Ordering::SeqCst) > claims
+    })
+    .await;
+    assert!(publisher.delivered().is_empty(), "the horizon is held");
+
+    // The holder commits without waking anyone (a writer that cannot notify, or a lost
+    // notification): the relay's next look, not the 5 s poll, delivers both.
+    store.add_reserved(holder, event("a", 0));
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+    while publisher.delivered().len() < 2 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the wake-up was lost: nothing delivered before the next poll (10 s away)"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(payloads(&publisher), ["a:0", "a:1"]);
+    worker.stop().await.unwrap();
+}
+
 #[tokio::test]
 async fn the_notifier_wakes_an_idle_relay_at_once() {
     let store = MemoryStore::new();

@@ -11,6 +11,10 @@
 //! guarantees depend on ([`GUARDED_PROPERTIES`]) need [`KafkaConfig::with_unsafe_override`] to be
 //! weakened.
 //!
+//! For the consumer side, [`KafkaSource`] implements [`outbox_core::MessageSource`] on a consumer
+//! group ([`KafkaConsumerConfig`]): the inbox worker reads batches from it and commits offsets
+//! only after the inbox applied their messages; librdkafka never commits on its own.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -33,10 +37,12 @@
 mod config;
 mod limits;
 mod publisher;
+mod source;
 
 pub use config::{DEFAULT_PROPERTIES, GUARDED_PROPERTIES, GuardedProperty, KafkaConfig};
 pub use publisher::KafkaPublisher;
 use publisher::classify;
+pub use source::{CONSUMER_DEFAULT_PROPERTIES, INBOX_LAG, KafkaConsumerConfig, KafkaSource};
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

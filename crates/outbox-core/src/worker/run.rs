@@ -148,8 +148,15 @@ impl<'a> Relay<'a> {
         self.window.pass_parked(claimed);
         self.transient.reset();
         if !claimed.full {
-            self.wait_for_work().await;
-            self.idle = (self.idle * 2).min(self.shared.settings.poll_interval);
+            // A wake-up says a commit happened; when its events are not claimable yet (the
+            // commit horizon is held by an older transaction still running), they will be soon:
+            // look again after the shortest wait instead of backing off toward `poll_interval`.
+            let woken = self.wait_for_work().await;
+            self.idle = if woken {
+                self.shared.settings.min_poll_interval
+            } else {
+                (self.idle * 2).min(self.shared.settings.poll_interval)
+            };
         }
     }
 
@@ -195,7 +202,7 @@ impl<'a> Relay<'a> {
         self.idle = shared.settings.min_poll_interval;
         if !claimed.full {
             // The backlog is drained: wait briefly for more, or for a wake-up.
-            self.wait_for_work().await;
+            let _woken = self.wait_for_work().await;
         }
     }
 
@@ -242,16 +249,16 @@ impl<'a> Relay<'a> {
     }
 
     /// Waits for a wake-up (from this process, or through the store from another), a stop, or
-    /// `idle` to pass.
-    async fn wait_for_work(&mut self) {
+    /// `idle` to pass. `true` when a wake-up ended the wait.
+    async fn wait_for_work(&mut self) -> bool {
         if *self.stop.borrow() {
-            return;
+            return false;
         }
         tokio::select! {
-            _ = self.shared.wake.notified() => {}
-            _ = self.shared.store.wait_for_wake_up() => {}
-            _ = tokio::time::sleep(self.idle) => {}
-            _ = self.stop.changed() => {}
+            _ = self.shared.wake.notified() => true,
+            _ = self.shared.store.wait_for_wake_up() => true,
+            _ = tokio::time::sleep(self.idle) => false,
+            _ = self.stop.changed() => false,
         }
     }
 }
