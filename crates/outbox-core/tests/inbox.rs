@@ -619,3 +619,35 @@ async fn metrics_count_consumed_duplicates_rejected_and_handler_errors() {
         "{text}"
     );
 }
+
+#[tokio::test]
+async fn a_crash_between_the_store_commit_and_the_offset_commit_applies_nothing_twice() {
+    let (store, source, handler, first) = setup();
+    for _ in 0..1000 {
+        source.fail_next_commit(SourceError::Transient("coordinator unavailable".into()));
+    }
+    for n in 0..3 {
+        send(&source, 0, &format!("m{n}"), None);
+    }
+    first.start().unwrap();
+    until("applied", || store.effects().len() == 3).await;
+    first.abort();
+    assert_eq!(
+        source.committed(TOPIC, 0),
+        None,
+        "the offsets never made it"
+    );
+
+    source.clear_failures();
+    source.restart();
+    let second = InboxWorker::new(store.clone(), source.clone(), settings())
+        .unwrap()
+        .handler("things", [TOPIC], handler.clone())
+        .unwrap();
+    second.start().unwrap();
+    until("3 committed", || source.committed(TOPIC, 0) == Some(3)).await;
+    second.stop().await.unwrap();
+    assert_eq!(store.effects(), ["m0", "m1", "m2"]);
+    assert_eq!(second.status().duplicates, 3);
+    assert_eq!(handler.calls("m0"), 1);
+}
