@@ -29,7 +29,7 @@ cargo tarpaulin \
   --skip-clean \
   -p outbox-core -p outbox-seaorm -p outbox-kafka -p outbox-e2e \
   --features outbox-core/test-utils \
-  --include-files 'crates/outbox-core/src/*' 'crates/outbox-core/src/worker/*' 'crates/outbox-seaorm/src/*' 'crates/outbox-kafka/src/*' \
+  --include-files 'crates/outbox-core/src/*' 'crates/outbox-core/src/worker/*' 'crates/outbox-core/src/inbox/*' 'crates/outbox-seaorm/src/*' 'crates/outbox-kafka/src/*' \
   --exclude-files 'crates/outbox-core/src/testing.rs' 'crates/outbox-core/src/conformance.rs' \
   --out Html --out Json --output-dir "$OUT" \
   2>&1 | tee "$OUT/tarpaulin.log" | grep -E '^\|\| |coverage,|^[0-9.]+% coverage' || true

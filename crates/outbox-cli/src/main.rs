@@ -48,7 +48,8 @@ enum Command {
     /// /healthz, /metrics and (with OUTBOX_ADMIN_TOKEN) the admin API, stop cleanly on SIGTERM.
     /// Run one beside every replica: an advisory lock elects one active relay.
     Relay,
-    /// Create or drop the outbox table, list its migrations, or print its plain SQL.
+    /// Create or drop the outbox table (and the consumers' inbox table, event_inbox), list their
+    /// migrations, or print their plain SQL.
     Migrate {
         /// What to do.
         #[command(subcommand)]
@@ -62,7 +63,8 @@ enum Command {
 enum MigrateAction {
     /// Apply every pending outbox migration.
     Up,
-    /// Revert the last outbox migration (drops the table and every event still in it).
+    /// Revert the last outbox migration, newest first: the inbox table, the commit horizon, then
+    /// the outbox table and every event still in it.
     Down,
     /// List the outbox migrations and whether each is applied.
     Status,

@@ -54,6 +54,10 @@ pub const INBOX_ERRORS_TOTAL: &str = "outbox_inbox_errors_total";
 pub const INBOX_HANDLER_DURATION_SECONDS: &str = "outbox_inbox_handler_duration_seconds";
 /// Histogram: messages in each batch the inbox worker took from the broker.
 pub const INBOX_BATCH_SIZE: &str = "outbox_inbox_batch_size";
+/// Gauge, label `topic`: messages on the broker the consumer group has not consumed yet (set
+/// by a [`MessageSource`](crate::MessageSource) that can tell, such as `outbox-kafka`'s, from
+/// the client's statistics; the worker itself only sees time lag, [`INBOX_LAG_SECONDS`]).
+pub const INBOX_LAG_MESSAGES: &str = "outbox_inbox_lag_messages";
 /// Gauge, label `topic`: seconds between the broker timestamp of the last message the inbox
 /// finished on a topic and the moment it finished (how far behind the consumer runs, in time).
 pub const INBOX_LAG_SECONDS: &str = "outbox_inbox_lag_seconds";
@@ -145,6 +149,11 @@ pub fn describe() {
         INBOX_BATCH_SIZE,
         Unit::Count,
         "Messages in each batch the inbox worker took from the broker."
+    );
+    describe_gauge!(
+        INBOX_LAG_MESSAGES,
+        Unit::Count,
+        "Messages on the broker the consumer group has not consumed yet."
     );
     describe_gauge!(
         INBOX_LAG_SECONDS,

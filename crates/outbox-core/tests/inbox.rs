@@ -516,3 +516,138 @@ async fn the_builder_refuses_what_cannot_work() {
     running.stop().await.unwrap();
     running.stop().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_fatal_source_error_stops_the_worker_with_it() {
+    let (_, source, _, worker) = setup();
+    source.fail_next_poll(SourceError::Fatal("bad credentials".into()));
+    worker.start().unwrap();
+    until("stopped", || !worker.status().running).await;
+    let error = worker.stop().await.unwrap_err();
+    assert!(
+        matches!(&error, OutboxError::Source(SourceError::Fatal(m)) if m == "bad credentials"),
+        "{error}"
+    );
+    assert!(!error.is_retryable());
+}
+
+#[tokio::test]
+async fn a_stop_that_cannot_finish_in_time_abandons_the_batch() {
+    let (store, source, handler, worker) =
+        setup_with(settings().with_shutdown_timeout(Duration::from_millis(50)));
+    handler.rule("stuck", Rule::Block(Arc::new(Notify::new())));
+    send(&source, 0, "m0", None);
+    send(&source, 0, "stuck", None);
+    worker.start().unwrap();
+    until("stuck in its handler", || {
+        handler.entered.load(Ordering::SeqCst)
+    })
+    .await;
+    let error = worker.stop().await.unwrap_err();
+    assert!(
+        matches!(error, OutboxError::InboxStopTimedOut { in_flight: 2, .. }),
+        "{error}"
+    );
+    assert_eq!(source.committed(TOPIC, 0), None, "nothing committed");
+    assert!(store.effects().is_empty(), "nothing applied");
+    assert!(!worker.status().running);
+}
+
+/// The sum of a metric's series whose labels include `label`, from the Prometheus text.
+fn metric(
+    handle: &metrics_exporter_prometheus::PrometheusHandle,
+    name: &str,
+    label: (&str, &str),
+) -> f64 {
+    let wanted = format!("{}=\"{}\"", label.0, label.1);
+    handle
+        .render()
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, labels) = series.split_once('{')?;
+            (series_name == name && labels.trim_end_matches('}').split(',').any(|l| l == wanted))
+                .then(|| value.parse::<f64>().unwrap())
+        })
+        .sum()
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn metrics_count_consumed_duplicates_rejected_and_handler_errors() {
+    use outbox_core::metrics as m;
+    let recorder = metrics_exporter_prometheus::PrometheusBuilder::new().build_recorder();
+    let handle = recorder.handle();
+    let _local = metrics::set_default_local_recorder(&recorder);
+
+    let (_, source, handler, worker) = setup();
+    handler.rule("bad", Rule::Permanent);
+    handler.rule("old", Rule::Outcome("stale"));
+    let a = send(&source, 0, "a", None);
+    send(&source, 0, "a", Some(a));
+    send(&source, 0, "bad", None);
+    send(&source, 0, "old", None);
+    worker.start().unwrap();
+    until("4 committed", || source.committed(TOPIC, 0) == Some(4)).await;
+    worker.stop().await.unwrap();
+
+    let consumer = ("consumer", "things");
+    assert_eq!(
+        metric(&handle, m::INBOX_CONSUMED_TOTAL, ("outcome", "applied")),
+        1.0
+    );
+    assert_eq!(
+        metric(&handle, m::INBOX_CONSUMED_TOTAL, ("outcome", "stale")),
+        1.0
+    );
+    assert_eq!(metric(&handle, m::INBOX_DUPLICATES_TOTAL, consumer), 1.0);
+    assert_eq!(metric(&handle, m::INBOX_REJECTED_TOTAL, consumer), 1.0);
+    // Once in the batch, once alone.
+    assert_eq!(
+        metric(
+            &handle,
+            m::INBOX_HANDLER_ERRORS_TOTAL,
+            ("kind", "permanent")
+        ),
+        2.0
+    );
+    let text = handle.render();
+    assert!(text.contains(m::INBOX_HANDLER_DURATION_SECONDS), "{text}");
+    assert!(text.contains(m::INBOX_BATCH_SIZE), "{text}");
+    assert!(
+        text.contains(&format!("{}{{topic=\"{TOPIC}\"}}", m::INBOX_LAG_SECONDS)),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn a_crash_between_the_store_commit_and_the_offset_commit_applies_nothing_twice() {
+    let (store, source, handler, first) = setup();
+    for _ in 0..1000 {
+        source.fail_next_commit(SourceError::Transient("coordinator unavailable".into()));
+    }
+    for n in 0..3 {
+        send(&source, 0, &format!("m{n}"), None);
+    }
+    first.start().unwrap();
+    until("applied", || store.effects().len() == 3).await;
+    first.abort();
+    assert_eq!(
+        source.committed(TOPIC, 0),
+        None,
+        "the offsets never made it"
+    );
+
+    source.clear_failures();
+    source.restart();
+    let second = InboxWorker::new(store.clone(), source.clone(), settings())
+        .unwrap()
+        .handler("things", [TOPIC], handler.clone())
+        .unwrap();
+    second.start().unwrap();
+    until("3 committed", || source.committed(TOPIC, 0) == Some(3)).await;
+    second.stop().await.unwrap();
+    assert_eq!(store.effects(), ["m0", "m1", "m2"]);
+    assert_eq!(second.status().duplicates, 3);
+    assert_eq!(handler.calls("m0"), 1);
+}

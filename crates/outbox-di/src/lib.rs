@@ -1,6 +1,7 @@
-//! A [shaku] module that provides the [`Outbox`] to a service's components: built by the
-//! `outbox` crate's [`OutboxBuilder`], so the repository, the Kafka publisher and the relay are
-//! wired in one place.
+//! [shaku] modules that provide the [`Outbox`] and the [`Inbox`] to a service's components:
+//! built by the `outbox` crate's [`OutboxBuilder`] and [`InboxBuilder`], so the repository, the
+//! Kafka publisher and the relay, and the inbox, its consumer and its handlers, are each wired in
+//! one place. A service that consumes adds [`InboxModule`] as a second submodule.
 //!
 //! Use [`OutboxModule`] as a submodule of the service's own module; components inject
 //! `Arc<Outbox>` and write their events on an [`OutboxTransaction`](outbox::OutboxTransaction):
@@ -56,7 +57,7 @@
 //! ```
 #![cfg_attr(not(test), warn(clippy::unwrap_used, clippy::expect_used))]
 
-pub use outbox::{Outbox, OutboxBuilder};
+pub use outbox::{Inbox, InboxBuilder, Outbox, OutboxBuilder};
 use shaku::{Component, HasComponent, Module, ModuleBuildContext, module};
 
 /// The module's interface, for services that take the outbox as `use dyn OutboxModuleInterface`.
@@ -118,6 +119,65 @@ impl OutboxModule {
             .with_component_parameters::<OutboxComponent>(OutboxParameters {
                 outbox: Some(outbox),
             })
+            .build()
+    }
+}
+
+/// What a module providing the consumer side offers: the [`Inbox`].
+pub trait InboxModuleInterface: HasComponent<Inbox> {}
+
+/// The shaku component behind [`InboxModule`]: provides the [`Inbox`] it was built with.
+#[derive(Debug)]
+pub struct InboxComponent;
+
+/// The parameters of [`InboxComponent`].
+#[derive(Debug, Default)]
+pub struct InboxParameters {
+    /// Set by [`InboxModule::from_builder`] and [`InboxModule::from_inbox`].
+    pub inbox: Option<Inbox>,
+}
+
+impl<M: Module> Component<M> for InboxComponent {
+    type Interface = Inbox;
+    type Parameters = InboxParameters;
+
+    fn build(_: &mut ModuleBuildContext<M>, params: Self::Parameters) -> Box<Inbox> {
+        match params.inbox {
+            Some(inbox) => Box::new(inbox),
+            None => panic!(
+                "outbox-di: no inbox parameter; build the module with InboxModule::from_builder"
+            ),
+        }
+    }
+}
+
+mod inbox_definition {
+    #![allow(missing_docs)]
+    use super::*;
+
+    module! {
+        pub InboxModule: InboxModuleInterface {
+            components = [InboxComponent],
+            providers = []
+        }
+    }
+}
+
+pub use inbox_definition::InboxModule;
+
+impl InboxModule {
+    /// Builds the module from an [`InboxBuilder`] (from [`Outbox::inbox`]): the PostgreSQL
+    /// inbox, the Kafka consumer and the worker with the service's handlers, not started (the
+    /// service starts it with [`Inbox::start`]). Fails, changing nothing, on invalid settings, no
+    /// handler, a topic with two handlers or a refused consumer property.
+    pub fn from_builder(builder: InboxBuilder) -> Result<Self, outbox::Error> {
+        Ok(Self::from_inbox(builder.build()?))
+    }
+
+    /// Builds the module around an inbox built already.
+    pub fn from_inbox(inbox: Inbox) -> Self {
+        Self::builder()
+            .with_component_parameters::<InboxComponent>(InboxParameters { inbox: Some(inbox) })
             .build()
     }
 }

@@ -1,5 +1,6 @@
 //! The module wires a working outbox: an event written by a service component through the
-//! injected outbox reaches the real Kafka through its relay, woken by the commit.
+//! injected outbox reaches the real Kafka through its relay, woken by the commit; the inbox module
+//! provides an inbox that applies what the outbox published.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -124,4 +125,61 @@ async fn bad_settings_are_refused_before_anything_is_built() {
         OutboxModule::from_builder(no_kafka),
         Err(outbox::Error::Outbox(OutboxError::Config(message))) if message.contains("writer_only")
     ));
+}
+
+/// Counts what it applies.
+struct Count(Arc<std::sync::atomic::AtomicUsize>);
+
+#[async_trait::async_trait]
+impl InboxHandler<OutboxTransaction> for Count {
+    async fn handle(
+        &self,
+        _txn: &OutboxTransaction,
+        _message: &InboxMessage,
+    ) -> Result<Handled, HandlerError> {
+        self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(Handled::applied())
+    }
+}
+
+#[tokio::test]
+async fn the_inbox_module_provides_an_inbox_that_applies_what_the_outbox_published() {
+    let db = TestDatabase::create().await;
+    let conn = db.connect().await;
+    outbox::migrate(&conn).await.unwrap();
+    let topic = TestTopic::create("di_inbox", 1).await;
+    let outbox = Outbox::builder(conn)
+        .kafka(KafkaConfig::new(topic.bootstrap()))
+        .topic("OrderPlaced", topic.name())
+        .start()
+        .unwrap();
+    let applied = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let builder = outbox
+        .inbox(KafkaConsumerConfig::new(
+            topic.bootstrap(),
+            outbox_test_harness::unique_name("di"),
+        ))
+        .handler("orders.placed", [topic.name()], Count(applied.clone()));
+    let module = outbox_di::InboxModule::from_builder(builder).unwrap();
+    let inbox: Arc<outbox_di::Inbox> = module.resolve();
+    inbox.start().unwrap();
+
+    let txn = outbox.begin().await.unwrap();
+    txn.add(NewOutboxEvent::json("order", "o-1", "OrderPlaced", &serde_json::json!({})).unwrap())
+        .await
+        .unwrap();
+    txn.commit().await.unwrap();
+    for _ in 0..600 {
+        if inbox.status().consumed == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(inbox.status().consumed, 1);
+    assert_eq!(applied.load(std::sync::atomic::Ordering::SeqCst), 1);
+    inbox.stop().await.unwrap();
+    outbox.stop().await.unwrap();
+
+    let no_handler = outbox.inbox(KafkaConsumerConfig::new(topic.bootstrap(), "g"));
+    assert!(outbox_di::InboxModule::from_builder(no_handler).is_err());
 }

@@ -176,3 +176,99 @@ async fn the_migration_can_be_reverted() {
         "only the inbox goes"
     );
 }
+
+/// Writes each message's payload into `effects` on the inbox's transaction; refuses `poison`.
+struct WriteEffect;
+
+#[async_trait]
+impl outbox_core::InboxHandler<sea_orm::DatabaseTransaction> for WriteEffect {
+    async fn handle(
+        &self,
+        txn: &sea_orm::DatabaseTransaction,
+        message: &outbox_core::InboxMessage,
+    ) -> Result<outbox_core::Handled, outbox_core::HandlerError> {
+        let payload =
+            String::from_utf8_lossy(message.payload.as_deref().unwrap_or_default()).into_owned();
+        txn.execute(Statement::from_sql_and_values(
+            DbBackend::Postgres,
+            "INSERT INTO effects (payload) VALUES ($1)",
+            [payload.clone().into()],
+        ))
+        .await
+        .map_err(|e| outbox_core::HandlerError::transient(e.to_string()))?;
+        if payload == "poison" {
+            return Err(outbox_core::HandlerError::permanent("poison refused"));
+        }
+        Ok(outbox_core::Handled::applied())
+    }
+}
+
+#[tokio::test]
+async fn the_worker_on_postgres_applies_each_event_once_and_skips_a_poison_one() {
+    use outbox_core::testing::MemorySource;
+    let target = PgInbox::new().await;
+    let conn = &target.conn;
+    conn.execute_unprepared("CREATE TABLE effects (payload text NOT NULL)")
+        .await
+        .unwrap();
+    let inbox = Arc::new(PostgresInbox::new(conn.clone()).unwrap());
+    let source = MemorySource::new();
+    let header = |id: Uuid| vec![("event_id".to_owned(), id.to_string().into_bytes())];
+    let ids: Vec<Uuid> = (0..1200).map(|_| Uuid::now_v7()).collect();
+    for (i, id) in ids.iter().enumerate() {
+        let partition = (i % 3) as i32;
+        source.send("things", partition, header(*id), format!("m{i}").as_bytes());
+        if i % 10 == 0 {
+            // The same bytes again, as a relay that crashed before its acknowledgement sends.
+            source.send("things", partition, header(*id), format!("m{i}").as_bytes());
+        }
+    }
+    let poison = Uuid::now_v7();
+    source.send("things", 1, header(poison), b"poison");
+    let worker = outbox_core::InboxWorker::new(
+        inbox.clone(),
+        source.clone(),
+        outbox_core::InboxSettings::default(),
+    )
+    .unwrap()
+    .handler("things", ["things"], Arc::new(WriteEffect))
+    .unwrap();
+    worker.start().unwrap();
+    let sent = [440, 441, 440];
+    for _ in 0..2000 {
+        if (0..3).all(|p| source.committed("things", p) == Some(sent[p as usize])) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    worker.stop().await.unwrap();
+    for p in 0..3 {
+        assert_eq!(source.committed("things", p), Some(sent[p as usize]));
+    }
+    let count = |sql: &'static str| async move {
+        let row = conn
+            .query_one(Statement::from_string(DbBackend::Postgres, sql))
+            .await
+            .unwrap()
+            .unwrap();
+        row.try_get::<i64>("", "n").unwrap()
+    };
+    assert_eq!(count("SELECT count(*) AS n FROM effects").await, 1200);
+    assert_eq!(
+        count("SELECT count(DISTINCT payload) AS n FROM effects").await,
+        1200
+    );
+    assert_eq!(
+        count("SELECT count(*) AS n FROM event_inbox WHERE outcome = 'applied'").await,
+        1200
+    );
+    let rejected = inbox.rejected(None, 10).await.unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert_eq!(rejected[0].entry.event_id, poison);
+    assert_eq!(rejected[0].message.payload.as_deref(), Some(&b"poison"[..]));
+    let status = worker.status();
+    assert_eq!(
+        (status.consumed, status.duplicates, status.rejected),
+        (1200, 120, 1)
+    );
+}

@@ -134,6 +134,15 @@ impl InboxStore for OutboxInboxStore {
         self.inbox.take_rejected(txn, consumer, event_id).await
     }
 
+    async fn update_rejected(
+        &self,
+        consumer: &str,
+        event_id: Uuid,
+        error: &str,
+    ) -> Result<bool, OutboxError> {
+        InboxStore::update_rejected(&self.inbox, consumer, event_id, error).await
+    }
+
     async fn delete_expired(
         &self,
         older_than: std::time::Duration,

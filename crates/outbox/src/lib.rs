@@ -45,9 +45,10 @@ use outbox_core::EventRelayWorker;
 use sea_orm::{DatabaseConnection, DatabaseTransaction, TransactionTrait};
 use sea_orm_migration::MigratorTrait;
 
-/// Creates or upgrades the `event_outbox` table on `db` (all of [`OutboxMigrator`]'s migrations
-/// not applied yet). Services with a migrator of their own add
-/// [`outbox_seaorm::CreateEventOutbox`] and [`outbox_seaorm::AddCommitHorizon`] to it instead;
+/// Creates or upgrades the `event_outbox` and `event_inbox` tables on `db` (all of
+/// [`OutboxMigrator`]'s migrations not applied yet). Services with a migrator of their own add
+/// [`outbox_seaorm::CreateEventOutbox`], [`outbox_seaorm::AddCommitHorizon`] and
+/// [`outbox_seaorm::CreateEventInbox`] to it instead;
 /// services on other migration tools apply the plain SQL of [`outbox_seaorm::migration`].
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), Error> {
     OutboxMigrator::up(db, None).await?;

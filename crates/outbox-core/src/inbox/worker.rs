@@ -333,7 +333,10 @@ where
                 Err(OutboxError::InboxStopTimedOut { timeout, in_flight })
             }
         };
-        let _ = tasks.cleanup.await;
+        let mut cleanup = tasks.cleanup;
+        if tokio::time::timeout(timeout, &mut cleanup).await.is_err() {
+            cleanup.abort();
+        }
         lock(&self.shared.status).running = false;
         info!(ok = result.is_ok(), "outbox inbox worker stopped");
         result
@@ -389,7 +392,14 @@ where
             .unwrap_or_else(|_| InboxEntry::for_rejection(consumer, &message));
         entry.event_id = event_id;
         let outcome = match store.record(&txn, std::slice::from_ref(&entry)).await {
-            Ok(_) => handle(shared, route, &txn, &entry, &message).await,
+            Ok(fresh) if fresh.first().copied().unwrap_or(false) => {
+                handle(shared, route, &txn, &entry, &message).await
+            }
+            // Recorded again by someone else meanwhile: nothing is rejected any more.
+            Ok(_) => {
+                store.rollback(txn).await?;
+                return Ok(Replayed::NotRejected);
+            }
             Err(e) => {
                 let _ = store.rollback(txn).await;
                 return Err(e);
@@ -531,11 +541,14 @@ where
     Ok(handled)
 }
 
+/// The row a message is recorded as and the route that handles it.
+type Apply<'a, T> = (InboxEntry, &'a Route<T>);
+
 /// One message of a batch and what is to be done with it.
 struct Item<'a, T: Send + Sync> {
     message: InboxMessage,
     /// The entry and route to apply it with; `None` once it was rejected before the batch.
-    apply: Option<(InboxEntry, &'a Route<T>)>,
+    apply: Option<Apply<'a, T>>,
     done: bool,
 }
 
@@ -596,7 +609,11 @@ where
             Ok(messages) if messages.is_empty() => tokio::task::yield_now().await,
             Ok(messages) => {
                 batcher.backoff.reset();
-                batcher.process(messages, &mut stop).await?;
+                if let Err(e) = batcher.process(messages, &mut stop).await {
+                    warn!(error = %e, "outbox inbox worker stops: its message source failed");
+                    lock(&shared.status).running = false;
+                    return Err(e);
+                }
             }
             Err(SourceError::Fatal(reason)) => {
                 let error = SourceError::Fatal(reason);
@@ -761,14 +778,16 @@ where
         items: &mut [Item<'s, S::Transaction>],
         tally: &mut Tally,
     ) -> Result<(), Failure> {
-        let pending: Vec<usize> = (0..items.len()).filter(|&i| !items[i].done).collect();
+        let pending: Vec<(usize, &Apply<'s, S::Transaction>)> = items
+            .iter()
+            .enumerate()
+            .filter(|(_, item)| !item.done)
+            .filter_map(|(i, item)| item.apply.as_ref().map(|apply| (i, apply)))
+            .collect();
         if pending.is_empty() {
             return Ok(());
         }
-        let entries: Vec<InboxEntry> = pending
-            .iter()
-            .filter_map(|&i| items[i].apply.as_ref().map(|(entry, _)| entry.clone()))
-            .collect();
+        let entries: Vec<InboxEntry> = pending.iter().map(|(_, (e, _))| e.clone()).collect();
         let store = &self.shared.store;
         let txn = store.begin().await.map_err(Failure::Store)?;
         let result = async {
@@ -781,13 +800,10 @@ where
                 ))));
             }
             let mut outcomes = Vec::with_capacity(pending.len());
-            for (&index, new) in pending.iter().zip(fresh) {
-                let item = &items[index];
-                let Some((entry, route)) = &item.apply else {
-                    continue;
-                };
+            for (&(index, (entry, route)), new) in pending.iter().zip(fresh) {
                 if new {
-                    let handled = handle(self.shared, route, &txn, entry, &item.message).await?;
+                    let message = &items[index].message;
+                    let handled = handle(self.shared, route, &txn, entry, message).await?;
                     outcomes.push((route.consumer.clone(), Some(handled)));
                 } else {
                     outcomes.push((route.consumer.clone(), None));
@@ -815,7 +831,8 @@ where
                 None => *tally.duplicates.entry(consumer).or_default() += 1,
             }
         }
-        for index in pending {
+        let done: Vec<usize> = pending.into_iter().map(|(index, _)| index).collect();
+        for index in done {
             items[index].done = true;
         }
         Ok(())

@@ -458,6 +458,14 @@ impl MemorySource {
         lock(&self.state).commit_errors.push_back(error);
     }
 
+    /// Forgets the errors queued by [`fail_next_poll`](Self::fail_next_poll) and
+    /// [`fail_next_commit`](Self::fail_next_commit).
+    pub fn clear_failures(&self) {
+        let mut state = lock(&self.state);
+        state.poll_errors.clear();
+        state.commit_errors.clear();
+    }
+
     /// Simulates a restart of the consumer: every partition is delivered again from its
     /// committed offset.
     pub fn restart(&self) {
