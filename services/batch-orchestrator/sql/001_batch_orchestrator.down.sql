@@ -1,0 +1,3 @@
+DROP TABLE IF EXISTS essay_slots;
+DROP TABLE IF EXISTS batch_essays;
+DROP TABLE IF EXISTS batches;
