@@ -19,7 +19,7 @@ services-down:
 services-status:
     scripts/services.sh status
 
-# The File Service demo: services, service, sample uploads, events read back.
+# The essay chain demo: services, Batch Orchestrator and File Service, a batch registered, sample uploads, events and statuses read back.
 demo:
     scripts/demo.sh
 

@@ -13,7 +13,7 @@ after changing quoted code:
 
     python3 scripts/docs_sync.py docs/implementation_guide.md
 
-The test `tests/e2e/tests/docs.rs` fails while a block differs from its source.
+The test `services/file-service/tests/docs.rs` fails while a block differs from its source.
 """
 import re
 import sys

@@ -9,10 +9,10 @@ use axum::extract::State;
 use axum::routing::get;
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use outbox::prelude::*;
-use outbox::{EventId, Outbox};
+use outbox::{EventId, Inbox, Outbox};
 use sea_orm::{DatabaseConnection, DbBackend, Statement};
 use sea_orm_migration::prelude::*;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 // ANCHOR: migrator
 /// The service's migrator: the outbox table is one more migration in the list.
@@ -24,6 +24,8 @@ impl MigratorTrait for Migrator {
             Box::new(CreateInvoices),
             Box::new(outbox_seaorm::CreateEventOutbox),
             Box::new(outbox_seaorm::AddCommitHorizon),
+            // Only for a service that consumes through the inbox (section 13).
+            Box::new(outbox_seaorm::CreateEventInbox),
         ]
     }
 }
@@ -105,8 +107,19 @@ pub async fn issue_invoice(
     customer_id: &str,
     amount_cents: i64,
 ) -> Result<EventId, outbox::Error> {
-    let invoice_id = uuid::Uuid::now_v7();
     let txn = outbox.begin().await?;
+    let event_id = write_invoice(&txn, customer_id, amount_cents).await?;
+    txn.commit().await?;
+    Ok(event_id)
+}
+
+/// Writes an invoice and its `InvoiceIssued` event on `txn`.
+pub async fn write_invoice(
+    txn: &OutboxTransaction,
+    customer_id: &str,
+    amount_cents: i64,
+) -> Result<EventId, outbox::Error> {
+    let invoice_id = uuid::Uuid::now_v7();
     txn.execute(Statement::from_sql_and_values(
         DbBackend::Postgres,
         "INSERT INTO invoices (id, customer_id, amount_cents) VALUES ($1, $2, $3)",
@@ -126,11 +139,63 @@ pub async fn issue_invoice(
     let new_event = event
         .to_outbox_event("invoice", invoice_id.to_string())?
         .with_key(customer_id);
-    let event_id = txn.add(new_event).await?;
-    txn.commit().await?;
-    Ok(event_id)
+    txn.add(new_event).await
 }
 // ANCHOR_END: write
+
+/// The payload of `OrderPlaced`, which the orders service publishes (fields this service does
+/// not use are ignored).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OrderPlaced {
+    /// Who ordered.
+    pub customer_id: String,
+    /// The order's total.
+    pub amount_cents: i64,
+}
+
+/// The topic of `OrderPlaced`.
+pub const ORDER_PLACED_TOPIC: &str = "orders.order.placed.v1";
+
+// ANCHOR: handler
+/// Invoices each order once: the inbox records the event's id, and this handler writes the
+/// invoice and its `InvoiceIssued` event, on one transaction. A redelivered `OrderPlaced`
+/// (same `event_id`) applies nothing.
+pub struct InvoiceOrders;
+
+#[async_trait::async_trait]
+impl InboxHandler<OutboxTransaction> for InvoiceOrders {
+    async fn handle(
+        &self,
+        txn: &OutboxTransaction,
+        message: &InboxMessage,
+    ) -> Result<Handled, HandlerError> {
+        // An unparsable message is a permanent error: recorded `rejected` and skipped.
+        let order: EventEnvelope<OrderPlaced> = message.json()?;
+        if order.data.amount_cents <= 0 {
+            return Err(HandlerError::permanent(
+                "an order of nothing cannot be invoiced",
+            ));
+        }
+        // Database errors are transient (retried); `?` classifies them.
+        write_invoice(txn, &order.data.customer_id, order.data.amount_cents).await?;
+        Ok(Handled::applied())
+    }
+}
+// ANCHOR_END: handler
+
+// ANCHOR: inbox
+/// Starts consuming `OrderPlaced` from `order_topic` as the consumer group `billing`.
+pub fn start_inbox(
+    outbox: &Outbox,
+    brokers: &str,
+    order_topic: &str,
+) -> Result<Inbox, outbox::Error> {
+    outbox
+        .inbox(KafkaConsumerConfig::new(brokers, "billing").with_property("client.id", "billing"))
+        .handler("billing.invoice-orders", [order_topic], InvoiceOrders)
+        .start()
+}
+// ANCHOR_END: inbox
 
 // ANCHOR: metrics
 /// Installs the Prometheus recorder: the relay's metrics (and any of the service's) render

@@ -126,6 +126,10 @@ async fn seed(conn: &sea_orm::DatabaseConnection) {
 #[tokio::test]
 async fn every_sql_statement_of_the_playbook_runs() {
     let (_db, conn) = common::migrated().await;
+    // The inbox entries of the playbook look at `event_inbox`, which a consuming service has.
+    conn.execute_unprepared(outbox_seaorm::migration::INBOX_UP_SQL)
+        .await
+        .unwrap();
     seed(&conn).await;
     // A relay holding the leadership lock, for the statements that find and end it.
     let relay = Arc::new(PostgresOutbox::new(conn.clone()).unwrap());
@@ -293,6 +297,15 @@ fn check_metric_names(text: &str, source: &str) {
         m::RELAY_LEADER,
         m::RELAY_LAST_POLL_TIMESTAMP_SECONDS,
         m::COMMIT_HORIZON_WAIT_SECONDS,
+        m::INBOX_CONSUMED_TOTAL,
+        m::INBOX_DUPLICATES_TOTAL,
+        m::INBOX_REJECTED_TOTAL,
+        m::INBOX_HANDLER_ERRORS_TOTAL,
+        m::INBOX_ERRORS_TOTAL,
+        m::INBOX_HANDLER_DURATION_SECONDS,
+        m::INBOX_BATCH_SIZE,
+        m::INBOX_LAG_MESSAGES,
+        m::INBOX_LAG_SECONDS,
     ];
     let mut seen = 0;
     for (start, _) in text.match_indices("outbox_") {
