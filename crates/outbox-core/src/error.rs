@@ -68,6 +68,12 @@ pub enum OutboxError {
     #[error("outbox database error: {0}")]
     Database(#[source] Box<dyn std::error::Error + Send + Sync>),
 
+    /// The database refused the work for good: a constraint violated, invalid data, a statement
+    /// that cannot run, or a transaction that an earlier failed statement aborted. Retrying the
+    /// same work repeats it (the inbox rejects the message that caused it).
+    #[error("the database refused it: {0}")]
+    Refused(String),
+
     /// The relay's database session, which holds the leadership lock, was lost; another relay
     /// may be active now.
     #[error("the relay lost its leadership session; it will try to take the lock again")]

@@ -131,7 +131,7 @@ pub use event::{
 pub use inbox::{
     EVENT_ID_HEADER, Handled, HandlerError, InboxEntry, InboxHandler, InboxMessage, InboxStatus,
     InboxStore, InboxWorker, MessagePosition, MessageSource, RejectedMessage, Replayed,
-    SourceError,
+    SourceError, UNREADABLE_HEADERS,
 };
 pub use mapper::{EventTypeMapper, TopicMap};
 pub use publisher::{Delivery, EventPublisher};

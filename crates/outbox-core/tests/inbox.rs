@@ -29,6 +29,7 @@ enum Rule {
     /// Waits for the notify before applying.
     Block(Arc<Notify>),
     Outcome(&'static str),
+    Panic,
 }
 
 /// Stages `consumer:payload` as its effect, then follows the rule for the payload, if any.
@@ -92,6 +93,7 @@ impl InboxHandler<MemoryInboxTransaction> for Recorder {
                 Ok(Handled::applied())
             }
             Some(Rule::Outcome(outcome)) => Ok(Handled::outcome(outcome)),
+            Some(Rule::Panic) => panic!("{payload} broke the handler"),
         }
     }
 }
@@ -233,6 +235,62 @@ async fn a_permanent_error_rejects_the_message_and_its_partition_goes_on() {
     );
     let status = worker.status();
     assert_eq!((status.consumed, status.rejected), (4, 1));
+}
+
+/// A handler that panics rejects its message like a permanent error; the worker, its other
+/// partitions and the later messages go on.
+#[tokio::test]
+async fn a_panicking_handler_rejects_its_message_and_the_worker_goes_on() {
+    let (store, source, handler, worker) = setup();
+    handler.rule("m1", Rule::Panic);
+    for n in 0..3 {
+        send(&source, 0, &format!("m{n}"), None);
+    }
+    worker.start().unwrap();
+    until("the partition committed", || {
+        source.committed(TOPIC, 0) == Some(3)
+    })
+    .await;
+    assert!(worker.status().running);
+    worker.stop().await.unwrap();
+    assert_eq!(store.effects(), ["m0", "m2"]);
+    let rejected = store.rejected(None, 10).await.unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0].error.contains("panicked: m1 broke the handler"),
+        "{}",
+        rejected[0].error
+    );
+}
+
+/// A message whose headers the source could not read is rejected, even with a usable id in its
+/// payload: its `event_id` header cannot be trusted.
+#[tokio::test]
+async fn a_message_with_unreadable_headers_is_rejected() {
+    let (store, source, handler, worker) = setup();
+    let id = Uuid::now_v7();
+    source.send(
+        TOPIC,
+        0,
+        vec![(outbox_core::UNREADABLE_HEADERS.into(), Vec::new())],
+        format!(r#"{{"event_id":"{id}"}}"#).as_bytes(),
+    );
+    send(&source, 0, "after", None);
+    worker.start().unwrap();
+    until("the partition committed", || {
+        source.committed(TOPIC, 0) == Some(2)
+    })
+    .await;
+    worker.stop().await.unwrap();
+    assert_eq!(store.effects(), ["after"]);
+    assert_eq!(handler.calls("after"), 1);
+    let rejected = store.rejected(None, 10).await.unwrap();
+    assert_eq!(rejected.len(), 1);
+    assert!(
+        rejected[0].error.contains("cannot be read"),
+        "{}",
+        rejected[0].error
+    );
 }
 
 #[tokio::test]

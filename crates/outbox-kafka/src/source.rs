@@ -8,7 +8,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures::FutureExt;
-use outbox_core::{InboxMessage, MessagePosition, MessageSource, SourceError};
+use outbox_core::{InboxMessage, MessagePosition, MessageSource, SourceError, UNREADABLE_HEADERS};
 use rdkafka::config::RDKafkaLogLevel;
 use rdkafka::consumer::{
     BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer,
@@ -314,21 +314,37 @@ impl KafkaSource {
     }
 }
 
+/// The message's headers. rdkafka panics on a header name that is not UTF-8 (any client can
+/// send one); such a message gets the single header [`UNREADABLE_HEADERS`] instead, so the
+/// inbox rejects it rather than the worker dying on it in every replica.
+fn headers_of(message: &BorrowedMessage<'_>) -> Vec<(String, Vec<u8>)> {
+    let Some(headers) = message.headers() else {
+        return Vec::new();
+    };
+    let read = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        headers
+            .iter()
+            .map(|h| {
+                (
+                    h.key.to_owned(),
+                    h.value.map(<[u8]>::to_vec).unwrap_or_default(),
+                )
+            })
+            .collect()
+    }));
+    read.unwrap_or_else(|_| {
+        warn!(
+            topic = message.topic(),
+            partition = message.partition(),
+            offset = message.offset(),
+            "a message's header name is not UTF-8; the inbox will reject it"
+        );
+        vec![(UNREADABLE_HEADERS.to_owned(), Vec::new())]
+    })
+}
+
 fn to_message(message: &BorrowedMessage<'_>) -> InboxMessage {
-    let headers = message
-        .headers()
-        .map(|headers| {
-            headers
-                .iter()
-                .map(|h| {
-                    (
-                        h.key.to_owned(),
-                        h.value.map(<[u8]>::to_vec).unwrap_or_default(),
-                    )
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let headers = headers_of(message);
     InboxMessage {
         topic: message.topic().to_owned(),
         partition: message.partition(),

@@ -20,7 +20,7 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::outbox::db_error;
+use crate::outbox::{classified, db_error};
 
 const RECORD: &str = include_str!("../sql/inbox_record.sql");
 const SET_OUTCOME: &str = include_str!("../sql/inbox_set_outcome.sql");
@@ -261,7 +261,27 @@ impl PostgresInbox {
             ],
         ))
         .await
-        .map_err(db_error)?;
+        .map_err(classified)?;
+        Ok(())
+    }
+
+    /// Fails with [`OutboxError::Refused`] when a statement on `conn` failed earlier and its
+    /// error was ignored: PostgreSQL has then aborted the transaction and would answer its
+    /// `COMMIT` with a rollback and no error, so the message would count as applied with
+    /// nothing applied. The inbox runs it before each commit.
+    pub async fn ensure_not_aborted<C: ConnectionTrait>(
+        &self,
+        conn: &C,
+    ) -> Result<(), OutboxError> {
+        conn.execute_unprepared("SELECT 1")
+            .await
+            .map_err(|e| match classified(e) {
+                OutboxError::Refused(text) => OutboxError::Refused(format!(
+                    "the transaction was aborted by a failed statement whose error the handler \
+                     ignored: {text}"
+                )),
+                other => other,
+            })?;
         Ok(())
     }
 
@@ -310,7 +330,11 @@ impl InboxStore for PostgresInbox {
     }
 
     async fn commit(&self, txn: DatabaseTransaction) -> Result<(), OutboxError> {
-        txn.commit().await.map_err(db_error)
+        if let Err(e) = self.ensure_not_aborted(&txn).await {
+            let _ = txn.rollback().await;
+            return Err(e);
+        }
+        txn.commit().await.map_err(classified)
     }
 
     async fn rollback(&self, txn: DatabaseTransaction) -> Result<(), OutboxError> {

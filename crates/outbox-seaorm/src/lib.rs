@@ -86,5 +86,5 @@ mod write;
 pub use claim::CLAIM;
 pub use inbox::PostgresInbox;
 pub use migration::{AddCommitHorizon, CreateEventInbox, CreateEventOutbox, OutboxMigrator};
-pub use outbox::PostgresOutbox;
+pub use outbox::{PostgresOutbox, is_permanent, sqlx_is_permanent};
 pub use wake::WAKE_SQL;

@@ -11,40 +11,38 @@ use outbox_core::{
 };
 use outbox_kafka::{KafkaConsumerConfig, KafkaSource};
 use outbox_seaorm::PostgresInbox;
-use sea_orm::{DbErr, RuntimeErr};
+use sea_orm::DbErr;
 use uuid::Uuid;
 
 use crate::{Error, Outbox, OutboxTransaction};
 
 impl From<Error> for HandlerError {
-    /// Classifies an error of a handler's database work: integrity violations (SQLSTATE class
-    /// 23), bad data (22) and statements that cannot run (42) are permanent, since retrying the
-    /// same message repeats them; everything else (connections, deadlocks, serialization
-    /// failures, a restarting server) is transient.
+    /// Classifies an error of a handler's database work, its own statements' and the outbox's
+    /// alike ([`outbox_seaorm::is_permanent`]): data exceptions (SQLSTATE class 22), integrity
+    /// violations (23), statements that cannot run (42), program limits (54), an aborted
+    /// transaction (25P02) and rows that do not decode are permanent, since retrying the same
+    /// message repeats them; connections, deadlocks, serialization failures and a restarting
+    /// server are transient.
     fn from(error: Error) -> Self {
-        match error {
-            Error::Outbox(e) => e.into(),
-            Error::Database(e) => {
-                let permanent = sqlstate(&e).is_some_and(|code| {
-                    code.starts_with("22") || code.starts_with("23") || code.starts_with("42")
-                });
-                if permanent {
-                    HandlerError::permanent(e.to_string())
+        let permanent = match &error {
+            Error::Database(e) => outbox_seaorm::is_permanent(e),
+            // The outbox's own statements (`txn.add`) fail the same ways.
+            Error::Outbox(OutboxError::Database(e)) => {
+                if let Some(e) = e.downcast_ref::<DbErr>() {
+                    outbox_seaorm::is_permanent(e)
+                } else if let Some(e) = e.downcast_ref::<sea_orm::sqlx::Error>() {
+                    outbox_seaorm::sqlx_is_permanent(e)
                 } else {
-                    HandlerError::transient(e.to_string())
+                    false
                 }
             }
+            Error::Outbox(e) => !e.is_retryable(),
+        };
+        if permanent {
+            HandlerError::permanent(error.to_string())
+        } else {
+            HandlerError::transient(error.to_string())
         }
-    }
-}
-
-fn sqlstate(error: &DbErr) -> Option<String> {
-    match error {
-        DbErr::Exec(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(e)))
-        | DbErr::Query(RuntimeErr::SqlxError(sea_orm::sqlx::Error::Database(e))) => {
-            e.code().map(|code| code.into_owned())
-        }
-        _ => None,
     }
 }
 
@@ -101,7 +99,16 @@ impl InboxStore for OutboxInboxStore {
     }
 
     async fn commit(&self, txn: OutboxTransaction) -> Result<(), OutboxError> {
-        Ok(txn.commit().await?)
+        if let Err(e) = self.inbox.ensure_not_aborted(&txn).await {
+            let _ = txn.rollback().await;
+            return Err(e);
+        }
+        txn.commit().await.map_err(|e| match e {
+            Error::Database(e) if outbox_seaorm::is_permanent(&e) => {
+                OutboxError::Refused(e.to_string())
+            }
+            other => other.into(),
+        })
     }
 
     async fn rollback(&self, txn: OutboxTransaction) -> Result<(), OutboxError> {

@@ -379,3 +379,125 @@ async fn bad_inbox_configuration_is_refused() {
     assert!(err.to_string().contains("max_batch"), "{err}");
     s.outbox.stop().await.unwrap();
 }
+
+/// Misbehaves on purpose: `swallow` ignores a failed statement and answers `applied`;
+/// `fixed` adds an event whose id is always the same (a unique violation the second time).
+struct Sloppy {
+    fixed: outbox::EventId,
+}
+
+#[async_trait]
+impl InboxHandler<OutboxTransaction> for Sloppy {
+    async fn handle(
+        &self,
+        txn: &OutboxTransaction,
+        message: &InboxMessage,
+    ) -> Result<Handled, HandlerError> {
+        let body: serde_json::Value = message.json()?;
+        let n = body["n"].as_i64().unwrap_or(-1);
+        match body["mode"].as_str() {
+            Some("swallow") => {
+                let _ = txn.execute_unprepared("SELECT 1 / 0").await;
+            }
+            Some("fixed") => {
+                let event = NewOutboxEvent::json("thing", "k", "Applied", &serde_json::json!({}))
+                    .unwrap()
+                    .with_event_id(self.fixed);
+                txn.add(event).await?;
+            }
+            _ => {}
+        }
+        txn.execute(Statement::from_sql_and_values(
+            sea_orm::DbBackend::Postgres,
+            "INSERT INTO applied (key, n) VALUES ('k', $1)",
+            [n.into()],
+        ))
+        .await
+        .ok();
+        Ok(Handled::applied())
+    }
+}
+
+/// A handler that ignores a failed statement cannot make its message count as applied (the
+/// aborted transaction's commit would roll back silently), and a unique violation raised by the
+/// outbox's own insert is permanent: both messages are rejected, nothing retries forever, and
+/// the messages around them are applied.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_that_retrying_cannot_fix_are_rejected_not_retried_forever() {
+    let db = TestDatabase::create().await;
+    let conn = db.connect().await;
+    outbox::migrate(&conn).await.unwrap();
+    conn.execute_unprepared("CREATE TABLE applied (key text NOT NULL, n bigint NOT NULL)")
+        .await
+        .unwrap();
+    let input = TestTopic::create("inbox_sloppy", 1).await;
+    // No relay: the first event with the fixed id stays in the outbox.
+    let outbox = Outbox::builder(conn.clone())
+        .topic("Applied", "unused.topic")
+        .writer_only()
+        .unwrap();
+    let body = |n: i64, mode: &str| {
+        (
+            "k".to_owned(),
+            serde_json::json!({"n": n, "mode": mode}).to_string(),
+            Some(uuid::Uuid::now_v7().to_string()),
+        )
+    };
+    publish(
+        &input,
+        &[
+            body(0, "fixed"),
+            body(1, "swallow"),
+            body(2, "fixed"),
+            body(3, "plain"),
+        ],
+    )
+    .await;
+    let inbox = outbox
+        .inbox(KafkaConsumerConfig::new(
+            input.bootstrap(),
+            unique_name("g"),
+        ))
+        .handler(
+            "test.sloppy",
+            [input.name()],
+            Sloppy {
+                fixed: outbox::EventId::new(),
+            },
+        )
+        .settings(
+            InboxSettings::default()
+                .with_transient_backoff_base(Duration::from_millis(20))
+                .with_transient_backoff_max(Duration::from_millis(100)),
+        )
+        .start()
+        .unwrap();
+    for _ in 0..600 {
+        let status = inbox.status();
+        if status.consumed + status.rejected >= 4 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = inbox.status();
+    inbox.stop().await.unwrap();
+    assert_eq!((status.consumed, status.rejected), (2, 2), "{status:?}");
+    let rejected = inbox.rejected(None, 10).await.unwrap();
+    let errors: Vec<&str> = rejected.iter().map(|r| r.error.as_str()).collect();
+    assert!(errors.iter().any(|e| e.contains("aborted")), "{errors:?}");
+    assert!(
+        errors
+            .iter()
+            .any(|e| e.contains("event_outbox_event_id_key")),
+        "{errors:?}"
+    );
+    let row = conn
+        .query_one(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT string_agg(n::text, ',' ORDER BY n) FROM applied",
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(row.try_get_by_index::<String>(0).unwrap(), "0,3");
+}

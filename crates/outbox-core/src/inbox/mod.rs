@@ -36,6 +36,11 @@ pub use worker::{InboxStatus, InboxWorker, Replayed, UNROUTED_CONSUMER};
 /// The header the outbox's publisher puts every event's id in.
 pub const EVENT_ID_HEADER: &str = "event_id";
 
+/// The only header of a message whose headers a [`MessageSource`] could not read (for Kafka, a
+/// header name that is not UTF-8): such a message is rejected, since its `event_id` header
+/// cannot be trusted either.
+pub const UNREADABLE_HEADERS: &str = "x-outbox-unreadable-headers";
+
 /// One message consumed from the broker.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct InboxMessage {
@@ -92,6 +97,12 @@ impl InboxMessage {
     }
 
     fn event_id_from(&self, fields: &EnvelopeFields) -> Result<Uuid, HandlerError> {
+        if self.header(UNREADABLE_HEADERS).is_some() {
+            return Err(HandlerError::permanent(format!(
+                "message {} has headers that cannot be read (a header name is not UTF-8)",
+                self.position_label()
+            )));
+        }
         if let Some(raw) = self.header(EVENT_ID_HEADER) {
             let text = std::str::from_utf8(raw).map_err(|_| {
                 HandlerError::permanent(format!(

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::{debug, info, warn};
@@ -288,7 +289,27 @@ where
             running: true,
             ..InboxStatus::default()
         };
-        let consumer = tokio::spawn(run(self.shared.clone(), stop_rx.clone()));
+        let shared = self.shared.clone();
+        let consumer_stop = stop_rx.clone();
+        let consumer = tokio::spawn(async move {
+            // However the loop ends (an error, or a panic in the store or the source), the
+            // status says the worker no longer runs, so health checks see it.
+            let result = std::panic::AssertUnwindSafe(run(shared.clone(), consumer_stop))
+                .catch_unwind()
+                .await;
+            let mut status = lock(&shared.status);
+            status.running = false;
+            match result {
+                Ok(result) => result,
+                Err(panic) => {
+                    let text = format!("the inbox worker panicked: {}", panic_text(panic.as_ref()));
+                    status.last_error = Some(text.clone());
+                    drop(status);
+                    warn!(error = %text, "outbox inbox worker stopped");
+                    Err(OutboxError::WorkerFailed(text))
+                }
+            }
+        });
         let cleanup = tokio::spawn(cleanup(self.shared.clone(), stop_rx));
         let settings = &self.shared.settings;
         info!(
@@ -490,6 +511,15 @@ enum Failure {
 }
 
 /// Runs `route`'s handler for `message` on `txn` and sets the outcome it answers.
+/// The message of a panic's payload, when it has one.
+fn panic_text(panic: &(dyn std::any::Any + Send)) -> &str {
+    panic
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| panic.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("no message")
+}
+
 async fn handle<S, Src>(
     shared: &Shared<S, Src>,
     route: &Route<S::Transaction>,
@@ -502,7 +532,19 @@ where
     Src: MessageSource + ?Sized + 'static,
 {
     let started = Instant::now();
-    let result = route.handler.handle(txn, message).await;
+    // A handler that panics fails its message for good instead of killing the worker (which
+    // would stop every partition, and every replica the partitions move to).
+    let result = match std::panic::AssertUnwindSafe(route.handler.handle(txn, message))
+        .catch_unwind()
+        .await
+    {
+        Ok(result) => result,
+        Err(panic) => Err(HandlerError::permanent(format!(
+            "the handler of `{}` panicked: {}",
+            route.consumer,
+            panic_text(panic.as_ref())
+        ))),
+    };
     metrics::histogram!(m::INBOX_HANDLER_DURATION_SECONDS, "consumer" => route.consumer.clone())
         .record(started.elapsed().as_secs_f64());
     let handled = match result {
@@ -895,6 +937,13 @@ where
                     return true;
                 }
                 Err(Failure::Handler(error)) if !error.is_transient() => {
+                    return self.reject(entry, message, &error, tally, stop).await;
+                }
+                // The store refused this message's transaction for good (a constraint its
+                // writes violate at commit, a statement whose error the handler ignored):
+                // retrying would block the partition forever.
+                Err(Failure::Store(error)) if matches!(error, OutboxError::Refused(_)) => {
+                    let error = HandlerError::permanent(error.to_string());
                     return self.reject(entry, message, &error, tally, stop).await;
                 }
                 Err(failure) => {
