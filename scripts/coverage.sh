@@ -23,16 +23,26 @@ scripts/kafka-node.sh fetch
 
 OUT="$ROOT/target/coverage"
 mkdir -p "$OUT"
+# A report left by an earlier run must not stand in for this one.
+rm -f "$OUT/tarpaulin-report.json"
+set +o pipefail
 cargo tarpaulin \
   --engine llvm \
   --target-dir "$ROOT/target/tarpaulin" \
   --skip-clean \
+  --timeout 900 \
   -p outbox-core -p outbox-seaorm -p outbox-kafka -p outbox-e2e \
   --features outbox-core/test-utils \
   --include-files 'crates/outbox-core/src/*' 'crates/outbox-core/src/worker/*' 'crates/outbox-core/src/inbox/*' 'crates/outbox-seaorm/src/*' 'crates/outbox-kafka/src/*' \
   --exclude-files 'crates/outbox-core/src/testing.rs' 'crates/outbox-core/src/conformance.rs' \
   --out Html --out Json --output-dir "$OUT" \
-  2>&1 | tee "$OUT/tarpaulin.log" | grep -E '^\|\| |coverage,|^[0-9.]+% coverage' || true
+  2>&1 | tee "$OUT/tarpaulin.log" | { grep -E '^\|\| |coverage,|^[0-9.]+% coverage' || true; }
+status=${PIPESTATUS[0]}
+set -o pipefail
+if [ "$status" -ne 0 ]; then
+  echo "coverage: cargo tarpaulin failed (exit $status: a build error or a failing test); see $OUT/tarpaulin.log" >&2
+  exit "$status"
+fi
 
 python3 - "$OUT/tarpaulin-report.json" <<'PY'
 import json, sys

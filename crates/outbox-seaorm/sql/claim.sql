@@ -27,12 +27,12 @@ fresh AS (
     ORDER BY o.xid, o.id
     LIMIT $1
 )
-SELECT 1 AS lane, o.xid, o.xid::text AS xid_text, false AS blocked,
+SELECT 1 AS lane, o.xid, false AS blocked,
        o.id, o.event_id, o.aggregate_type, o.aggregate_id, o.event_type, o.topic, o.event_key,
        o.payload, o.headers, o.created_at, o.attempts
 FROM retries r JOIN event_outbox o ON o.id = r.id
 UNION ALL
-SELECT 2 AS lane, f.xid, f.xid::text AS xid_text,
+SELECT 2 AS lane, f.xid,
        EXISTS (SELECT 1 FROM parked p WHERE p.topic = f.topic AND p.event_key = f.event_key),
        f.id, f.event_id, f.aggregate_type, f.aggregate_id, f.event_type, f.topic, f.event_key,
        f.payload, f.headers, f.created_at, f.attempts

@@ -160,15 +160,12 @@ pub(crate) async fn record_failures(
         .await
 }
 
-/// The claim's position after `row`.
+/// The claim's position after `row`. sqlx has no type for `xid8`, whose binary form is
+/// PostgreSQL's 8-byte big-endian unsigned integer: `int8`'s decoder reads those bytes (unchecked,
+/// as the checked read refuses the type's name) and they are taken back, exactly, as `u64`.
 fn parse_cursor(row: &PgRow) -> Result<ClaimCursor, sqlx::Error> {
-    let xid: String = row.try_get("xid_text")?;
-    let xid = xid.parse().map_err(|e| sqlx::Error::ColumnDecode {
-        index: "xid_text".into(),
-        source: Box::new(e),
-    })?;
     Ok(ClaimCursor {
-        xid,
+        xid: row.try_get_unchecked::<i64, _>("xid")?.cast_unsigned(),
         id: row.try_get("id")?,
     })
 }

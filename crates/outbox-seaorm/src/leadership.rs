@@ -108,19 +108,20 @@ impl Leadership {
     /// new session from `pool` when there is none.
     pub(crate) async fn acquire(&self, pool: &sqlx::PgPool) -> Result<bool, OutboxError> {
         let mut guard = self.session.lock().await;
-        if guard.is_none() {
-            let mut conn = pool.acquire().await.map_err(sqlx_error)?.detach();
-            set_up(&mut conn).await.map_err(sqlx_error)?;
-            *guard = Some(Session {
-                conn,
-                leader: false,
-                pid: 0,
-                checked_at: None,
-            });
-        }
-        let Some(session) = guard.as_mut() else {
-            return Err(OutboxError::LeadershipLost);
+        let session = match guard.take() {
+            Some(session) => session,
+            None => {
+                let mut conn = pool.acquire().await.map_err(sqlx_error)?.detach();
+                set_up(&mut conn).await.map_err(sqlx_error)?;
+                Session {
+                    conn,
+                    leader: false,
+                    pid: 0,
+                    checked_at: None,
+                }
+            }
         };
+        let session = guard.insert(session);
         if !session.leader {
             match try_lock(session, self.lock_key).await {
                 Ok(Some(pid)) => {

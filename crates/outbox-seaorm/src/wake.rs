@@ -52,19 +52,18 @@ impl Wake {
     pub(crate) async fn wait_for_wake_up(&self, pool: &sqlx::PgPool) {
         let mut listener = self.listener.lock().await;
         loop {
-            if listener.is_none() {
-                match listen(pool).await {
-                    Ok(connected) => *listener = Some(connected),
+            let connected = match listener.take() {
+                Some(connected) => connected,
+                None => match listen(pool).await {
+                    Ok(connected) => connected,
                     Err(error) => {
                         debug!(error = %error, "outbox relay cannot listen for wake-ups; it polls");
                         tokio::time::sleep(Duration::from_secs(1)).await;
                         continue;
                     }
-                }
-            }
-            let Some(connected) = listener.as_mut() else {
-                continue;
+                },
             };
+            let connected = listener.insert(connected);
             // Reconnects by itself when its connection drops (wake-ups sent meanwhile are lost:
             // the poll timer covers them).
             match connected.recv().await {

@@ -9,14 +9,28 @@ use outbox_core::{
     RelayStore, TRACEPARENT_HEADER, TopicMap,
 };
 use outbox_seaorm::{OutboxMigrator, PostgresOutbox, entity};
-use outbox_test_harness::TestDatabase;
+use outbox_test_harness::{PostgresNode, TestDatabase};
 use sea_orm::{
     ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
     Statement, TransactionTrait,
 };
 use sea_orm_migration::MigratorTrait;
 
+/// Every log line of the repository is built (its fields evaluated) and thrown away, as in a
+/// service running at `trace`.
+fn quiet_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_writer(std::io::sink)
+            .finish();
+        let _ = tracing::subscriber::set_global_default(subscriber);
+    });
+}
+
 async fn migrated() -> (TestDatabase, DatabaseConnection) {
+    quiet_logs();
     let db = TestDatabase::create().await;
     let conn = db.connect().await;
     OutboxMigrator::up(&conn, None).await.unwrap();
@@ -649,5 +663,172 @@ async fn a_relay_session_that_stops_answering_gives_up_the_leadership() {
     assert!(
         store.acquire_leadership().await.unwrap(),
         "a new session leads again"
+    );
+}
+
+#[tokio::test]
+async fn a_claim_behind_due_retries_takes_only_the_fresh_events_that_fit_and_skips_none() {
+    let (_db, conn) = migrated().await;
+    let writer = PostgresOutbox::new(conn.clone()).unwrap();
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
+    assert!(store.acquire_leadership().await.unwrap());
+    let retried = writer.add_event(&conn, event("r")).await.unwrap();
+    let first = settled_claim(&store, 10, None).await;
+    assert_eq!(first.events.len(), 1);
+    store
+        .record_failures(&[outbox_core::AttemptFailure {
+            id: first.events[0].id,
+            event_id: retried,
+            topic: "orders".into(),
+            error: "refused".into(),
+            outcome: FailureOutcome::RetryAfter(Duration::ZERO),
+        }])
+        .await
+        .unwrap();
+    let mut fresh = Vec::new();
+    for key in ["b", "c", "d"] {
+        let event_id = writer.add_event(&conn, event(key)).await.unwrap();
+        fresh.push(id_of(&conn, event_id).await);
+    }
+
+    // The claim reads up to 3 due retries and up to 3 fresh rows; only 2 fresh ones fit.
+    let batch = settled_claim(&store, 3, first.cursor).await;
+    let ids: Vec<i64> = batch.events.iter().map(|e| e.id).collect();
+    assert_eq!(ids, [first.events[0].id, fresh[0], fresh[1]]);
+    assert_eq!(batch.retries, 1);
+    assert!(batch.full);
+    let cursor = batch
+        .cursor
+        .expect("a cursor after the last fresh event taken");
+    assert_eq!(cursor.id, fresh[1], "not after the fresh row left out");
+    let xid: String = conn
+        .query_one(Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            format!(
+                "SELECT xid::text AS xid FROM event_outbox WHERE id = {}",
+                fresh[1]
+            ),
+        ))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get("", "xid")
+        .unwrap();
+    assert_eq!(
+        cursor.xid.to_string(),
+        xid,
+        "the cursor holds the row's xid exactly"
+    );
+
+    store.acknowledge(&ids, false).await.unwrap();
+    assert_eq!(
+        claim_ids(&store, 3, batch.cursor).await,
+        [fresh[2]],
+        "the fresh event left out comes next"
+    );
+}
+
+#[tokio::test]
+async fn acknowledging_or_recording_nothing_runs_no_statement_and_needs_no_leadership() {
+    let (_db, conn) = migrated().await;
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
+    assert!(matches!(
+        store.claim_batch(10, None).await,
+        Err(OutboxError::LeadershipLost)
+    ));
+    assert_eq!(store.acknowledge(&[], false).await.unwrap(), 0);
+    store.record_failures(&[]).await.unwrap();
+}
+
+/// The pid of the session holding this database's advisory lock.
+async fn lock_holder(conn: &DatabaseConnection) -> Option<i32> {
+    conn.query_one(Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        "SELECT pid FROM pg_locks
+         WHERE locktype = 'advisory' AND granted AND pid <> pg_backend_pid()
+           AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+    ))
+    .await
+    .unwrap()
+    .map(|row| row.try_get("", "pid").unwrap())
+}
+
+#[tokio::test]
+async fn a_leader_whose_session_dies_before_its_backend_check_gives_up_and_leads_again() {
+    let (_db, conn) = migrated().await;
+    // Every acquire_leadership checks the session's backend.
+    let store = PostgresOutbox::new(conn.clone())
+        .unwrap()
+        .with_session_checks(Duration::ZERO, Duration::from_secs(10));
+    assert!(store.acquire_leadership().await.unwrap());
+    assert!(
+        store.acquire_leadership().await.unwrap(),
+        "checked and held"
+    );
+    let pid = lock_holder(&conn).await.expect("the lock is held");
+    conn.execute_unprepared(&format!("SELECT pg_terminate_backend({pid}, 10000)"))
+        .await
+        .unwrap();
+
+    assert!(matches!(
+        store.acquire_leadership().await,
+        Err(OutboxError::LeadershipLost)
+    ));
+    assert!(matches!(
+        store.claim_batch(10, None).await,
+        Err(OutboxError::LeadershipLost)
+    ));
+    assert!(
+        store.acquire_leadership().await.unwrap(),
+        "a new session takes the lock"
+    );
+    let new_pid = lock_holder(&conn).await.expect("the lock is held again");
+    assert_ne!(new_pid, pid);
+}
+
+#[tokio::test]
+async fn a_prepared_transaction_holding_the_horizon_is_reported_without_a_session_to_name() {
+    quiet_logs();
+    // Two-phase commit is off on the shared server (max_prepared_transactions = 0).
+    let node = PostgresNode::start().await;
+    let admin = sea_orm::Database::connect(node.url()).await.unwrap();
+    admin
+        .execute_unprepared("ALTER SYSTEM SET max_prepared_transactions = 2")
+        .await
+        .unwrap();
+    admin.close().await.unwrap();
+    node.stop(false).await;
+    node.start_again().await;
+    let conn = sea_orm::Database::connect(node.url()).await.unwrap();
+    OutboxMigrator::up(&conn, None).await.unwrap();
+    let store = PostgresOutbox::new(conn.clone()).unwrap();
+    assert!(store.acquire_leadership().await.unwrap());
+
+    conn.execute_unprepared(
+        "BEGIN; SELECT pg_current_xact_id(); PREPARE TRANSACTION 'holds-the-horizon'",
+    )
+    .await
+    .unwrap();
+    let waiting = store.add_event(&conn, event("waiting")).await.unwrap();
+    let stats = store.stats().await.unwrap();
+    assert!(
+        stats.horizon_wait.is_some(),
+        "the committed event waits: {stats:?}"
+    );
+    assert_eq!(
+        stats.horizon_holder, None,
+        "no session holds a prepared transaction"
+    );
+    assert_eq!(store.claim_batch(10, None).await.unwrap().events, []);
+
+    conn.execute_unprepared("COMMIT PREPARED 'holds-the-horizon'")
+        .await
+        .unwrap();
+    let stats = store.stats().await.unwrap();
+    assert_eq!((stats.horizon_wait, stats.horizon_holder), (None, None));
+    let batch = store.claim_batch(10, None).await.unwrap();
+    assert_eq!(
+        batch.events.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        [waiting]
     );
 }
