@@ -20,7 +20,9 @@ use sea_orm::{
 };
 use uuid::Uuid;
 
-use crate::outbox::{classified, db_error};
+use sea_orm::sqlx;
+
+use crate::outbox::db_error;
 
 const RECORD: &str = include_str!("../sql/inbox_record.sql");
 const SET_OUTCOME: &str = include_str!("../sql/inbox_set_outcome.sql");
@@ -446,6 +448,53 @@ impl InboxStore for PostgresInbox {
     }
 }
 
+/// Whether retrying the statement that failed with `error` repeats the failure: PostgreSQL's
+/// data exceptions (SQLSTATE class 22), integrity violations (23), statements that cannot run
+/// (42), program limits (54) and a transaction aborted by an earlier failed statement (25P02),
+/// and errors of the client's own that no retry changes (a row that does not decode, a missing
+/// record). Connection, pool, I/O and protocol errors, deadlocks, serialization failures and a
+/// server shutting down are worth retrying.
+pub fn is_permanent(error: &sea_orm::DbErr) -> bool {
+    use sea_orm::{DbErr, RuntimeErr};
+    match error {
+        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => false,
+        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
+            sqlx_is_permanent(e)
+        }
+        DbErr::Exec(_) | DbErr::Query(_) => false,
+        _ => true,
+    }
+}
+
+/// [`is_permanent`] for an sqlx error.
+pub fn sqlx_is_permanent(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
+            ["22", "23", "42", "54"]
+                .iter()
+                .any(|class| code.starts_with(class))
+                || code == "25P02"
+        }),
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => false,
+        _ => true,
+    }
+}
+
+/// An error of a statement the inbox runs on behalf of a message: [`OutboxError::Refused`]
+/// when retrying cannot help ([`is_permanent`]), else a database error to retry.
+pub(crate) fn classified(error: sea_orm::DbErr) -> OutboxError {
+    if is_permanent(&error) {
+        OutboxError::Refused(error.to_string())
+    } else {
+        db_error(error)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -474,5 +523,43 @@ mod tests {
             headers_from_json(Some(serde_json::json!([{"name": "x", "value_hex": "zz"}]))).is_err()
         );
         assert_eq!(headers_from_json(None).unwrap(), Vec::new());
+    }
+}
+
+#[cfg(test)]
+mod classification_tests {
+    use sea_orm::{DbErr, RuntimeErr};
+
+    use super::*;
+
+    #[test]
+    fn errors_no_retry_can_fix_are_permanent_and_the_rest_transient() {
+        assert!(!is_permanent(&DbErr::Conn(RuntimeErr::Internal(
+            "down".into()
+        ))));
+        assert!(!is_permanent(&DbErr::Exec(RuntimeErr::Internal(
+            "x".into()
+        ))));
+        assert!(!is_permanent(&DbErr::Exec(RuntimeErr::SqlxError(
+            sqlx::Error::PoolTimedOut
+        ))));
+        assert!(is_permanent(&DbErr::Query(RuntimeErr::SqlxError(
+            sqlx::Error::RowNotFound
+        ))));
+        assert!(is_permanent(&DbErr::Custom(
+            "a row that does not decode".into()
+        )));
+        assert!(!sqlx_is_permanent(&sqlx::Error::Io(std::io::Error::other(
+            "reset"
+        ))));
+        assert!(!sqlx_is_permanent(&sqlx::Error::WorkerCrashed));
+        assert!(matches!(
+            classified(DbErr::Custom("bad".into())),
+            OutboxError::Refused(_)
+        ));
+        assert!(matches!(
+            classified(DbErr::Conn(RuntimeErr::Internal("down".into()))),
+            OutboxError::Database(_)
+        ));
     }
 }

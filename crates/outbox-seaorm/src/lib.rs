@@ -84,7 +84,7 @@ mod write;
 
 #[doc(hidden)]
 pub use claim::CLAIM;
-pub use inbox::PostgresInbox;
+pub use inbox::{PostgresInbox, is_permanent, sqlx_is_permanent};
 pub use migration::{AddCommitHorizon, CreateEventInbox, CreateEventOutbox, OutboxMigrator};
-pub use outbox::{PostgresOutbox, is_permanent, sqlx_is_permanent};
+pub use outbox::PostgresOutbox;
 pub use wake::WAKE_SQL;

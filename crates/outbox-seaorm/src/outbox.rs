@@ -71,53 +71,6 @@ pub(crate) fn db_error(error: sea_orm::DbErr) -> OutboxError {
     OutboxError::Database(Box::new(error))
 }
 
-/// Whether retrying the statement that failed with `error` repeats the failure: PostgreSQL's
-/// data exceptions (SQLSTATE class 22), integrity violations (23), statements that cannot run
-/// (42), program limits (54) and a transaction aborted by an earlier failed statement (25P02),
-/// and errors of the client's own that no retry changes (a row that does not decode, a missing
-/// record). Connection, pool, I/O and protocol errors, deadlocks, serialization failures and a
-/// server shutting down are worth retrying.
-pub fn is_permanent(error: &sea_orm::DbErr) -> bool {
-    use sea_orm::{DbErr, RuntimeErr};
-    match error {
-        DbErr::Conn(_) | DbErr::ConnectionAcquire(_) => false,
-        DbErr::Exec(RuntimeErr::SqlxError(e)) | DbErr::Query(RuntimeErr::SqlxError(e)) => {
-            sqlx_is_permanent(e)
-        }
-        DbErr::Exec(_) | DbErr::Query(_) => false,
-        _ => true,
-    }
-}
-
-/// [`is_permanent`] for an sqlx error.
-pub fn sqlx_is_permanent(error: &sqlx::Error) -> bool {
-    match error {
-        sqlx::Error::Database(e) => e.code().is_some_and(|code| {
-            ["22", "23", "42", "54"]
-                .iter()
-                .any(|class| code.starts_with(class))
-                || code == "25P02"
-        }),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::PoolTimedOut
-        | sqlx::Error::PoolClosed
-        | sqlx::Error::WorkerCrashed => false,
-        _ => true,
-    }
-}
-
-/// An error of a statement the inbox runs on behalf of a message: [`OutboxError::Refused`]
-/// when retrying cannot help ([`is_permanent`]), else a database error to retry.
-pub(crate) fn classified(error: sea_orm::DbErr) -> OutboxError {
-    if is_permanent(&error) {
-        OutboxError::Refused(error.to_string())
-    } else {
-        db_error(error)
-    }
-}
-
 /// An sqlx error as the outbox reports it.
 pub(crate) fn sqlx_error(error: sqlx::Error) -> OutboxError {
     OutboxError::Database(Box::new(error))
