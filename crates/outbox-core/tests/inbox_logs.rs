@@ -1,7 +1,9 @@
 //! Log lines of the inbox worker, in a test binary of its own (see `logs.rs` for why).
 
+mod common;
+
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -32,30 +34,9 @@ impl InboxHandler<MemoryInboxTransaction> for Picky {
     }
 }
 
-/// Collects formatted log lines.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn rejections_retries_and_batches_are_structured_log_lines() {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (lines, _guard) = common::capture();
 
     let store = MemoryInboxStore::new();
     let source = MemorySource::new();
@@ -81,7 +62,7 @@ async fn rejections_retries_and_batches_are_structured_log_lines() {
     worker.stop().await.unwrap();
     assert_eq!(source.committed("orders", 3), Some(3));
 
-    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let text = lines.text();
     let records: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

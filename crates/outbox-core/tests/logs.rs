@@ -2,7 +2,8 @@
 //! process-wide, and a thread-local subscriber can miss events whose callsites another test's
 //! thread registered first.
 
-use std::sync::{Arc, Mutex};
+mod common;
+
 use std::time::Duration;
 
 use outbox_core::testing::{MemoryPublisher, MemoryStore};
@@ -27,30 +28,9 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
     panic!("timed out waiting until {what}");
 }
 
-/// Collects formatted log lines.
-#[derive(Clone, Default)]
-struct Lines(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Lines {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn failures_retries_and_dead_letters_are_structured_log_lines() {
-    let lines = Lines::default();
-    let writer = lines.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .json()
-        .with_max_level(tracing::Level::DEBUG)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (lines, _guard) = common::capture();
 
     let store = MemoryStore::new();
     let publisher = MemoryPublisher::new();
@@ -74,7 +54,7 @@ async fn failures_retries_and_dead_letters_are_structured_log_lines() {
     .await;
     worker.stop().await.unwrap();
 
-    let text = String::from_utf8(lines.0.lock().unwrap().clone()).unwrap();
+    let text = lines.text();
     let records: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
