@@ -181,3 +181,38 @@ fn a_wake_from_a_thread_without_a_runtime_is_skipped_and_later_wakes_still_go_ou
     runtime.block_on(async move { drop((store, wake)) });
     drop(db);
 }
+
+#[tokio::test]
+async fn a_steady_stream_of_commits_shares_notifications_in_windows_growing_to_4_ms() {
+    let db = TestDatabase::create().await;
+    let store = store_on(&db).await;
+    let wake = store.remote_wake().expect("PostgreSQL carries wake-ups");
+    let mut listener = sea_orm::sqlx::postgres::PgListener::connect(&db.url())
+        .await
+        .unwrap();
+    listener.listen("outbox_wake").await.unwrap();
+
+    // A commit every 0.5 ms for 200 ms: with windows growing from 1 to 4 ms, at most
+    // 200 / 4 + the first windows' few notifications; fixed 1 ms windows would send ~100.
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_millis(200) {
+        wake.wake();
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let burst = started.elapsed();
+    // The last window closes, then nothing more is sent.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut received = 0u32;
+    while tokio::time::timeout(Duration::from_millis(200), listener.recv())
+        .await
+        .is_ok()
+    {
+        received += 1;
+    }
+    let most = (burst.as_millis() / 4) as u32 + 4;
+    assert!(received >= 1, "the burst woke the relay");
+    assert!(
+        received <= most,
+        "{received} notifications for a {burst:?} burst (at most {most} with 4 ms windows)"
+    );
+}
