@@ -8,7 +8,8 @@ use outbox_cli::commands::{Exit, OutboxCommand};
 use outbox_cli::env::{CommonConfig, ConfigError, ProcessEnv, RelayConfig, init_logging};
 use outbox_seaorm::OutboxMigrator;
 use outbox_seaorm::migration::{
-    COMMIT_HORIZON_DOWN_SQL, COMMIT_HORIZON_UP_SQL, DOWN_SQL, INBOX_DOWN_SQL, INBOX_UP_SQL, UP_SQL,
+    COMMIT_HORIZON_DOWN_SQL, COMMIT_HORIZON_UP_SQL, DOWN_SQL, INBOX_DOWN_SQL, INBOX_UP_SQL,
+    PAYLOAD_LZ4_DOWN_SQL, PAYLOAD_LZ4_UP_SQL, UP_SQL,
 };
 use sea_orm_migration::MigratorTrait;
 
@@ -137,9 +138,15 @@ async fn main() -> ExitCode {
         } => {
             // Every migration in order (down: in reverse), each in a transaction of its own.
             if down {
-                print!("{INBOX_DOWN_SQL}\nBEGIN;\n{COMMIT_HORIZON_DOWN_SQL}COMMIT;\n\n{DOWN_SQL}");
+                print!(
+                    "BEGIN;\n{PAYLOAD_LZ4_DOWN_SQL}COMMIT;\n\n{INBOX_DOWN_SQL}\nBEGIN;\n\
+                     {COMMIT_HORIZON_DOWN_SQL}COMMIT;\n\n{DOWN_SQL}"
+                );
             } else {
-                print!("{UP_SQL}\nBEGIN;\n{COMMIT_HORIZON_UP_SQL}COMMIT;\n\n{INBOX_UP_SQL}");
+                print!(
+                    "{UP_SQL}\nBEGIN;\n{COMMIT_HORIZON_UP_SQL}COMMIT;\n\n{INBOX_UP_SQL}\nBEGIN;\n\
+                     {PAYLOAD_LZ4_UP_SQL}COMMIT;\n"
+                );
             }
             ExitCode::SUCCESS
         }

@@ -99,9 +99,11 @@ async fn the_plain_sql_needs_no_database_and_migrates_one_with_psql() {
     assert!(up.contains(outbox_seaorm::migration::UP_SQL));
     assert!(up.contains(outbox_seaorm::migration::COMMIT_HORIZON_UP_SQL));
     assert!(up.contains(outbox_seaorm::migration::INBOX_UP_SQL));
+    assert!(up.contains(outbox_seaorm::migration::PAYLOAD_LZ4_UP_SQL));
     let down = stdout(&outbox(None, &["migrate", "sql", "--down"]));
     assert!(down.contains(outbox_seaorm::migration::DOWN_SQL));
     assert!(down.contains(outbox_seaorm::migration::INBOX_DOWN_SQL));
+    assert!(down.contains(outbox_seaorm::migration::PAYLOAD_LZ4_DOWN_SQL));
 
     // What other migration tools would run, run as they would: psql, stopping at any error.
     let db = TestDatabase::create().await;
@@ -132,6 +134,15 @@ async fn the_plain_sql_needs_no_database_and_migrates_one_with_psql() {
         .await
         .unwrap();
     assert_eq!(columns.len(), 1, "the commit-horizon column is there");
+    let lz4 = conn
+        .query_all(sea_orm::Statement::from_string(
+            sea_orm::DbBackend::Postgres,
+            "SELECT 1 FROM pg_attribute WHERE attrelid = 'event_outbox'::regclass \
+             AND attname = 'payload' AND attcompression = 'l'",
+        ))
+        .await
+        .unwrap();
+    assert_eq!(lz4.len(), 1, "payloads compress with lz4");
     conn.execute_unprepared("SELECT 1 FROM event_inbox")
         .await
         .expect("the inbox is there");
@@ -222,8 +233,17 @@ async fn migrate_up_status_and_down_manage_the_table() {
         up["applied"][2] == "m20261130_000002_create_event_inbox",
         "{up}"
     );
-    // Down reverts the last migration: the inbox first, then the commit-horizon column, then
-    // the table.
+    assert!(
+        up["applied"][3] == "m20261207_000001_compress_outbox_payloads_lz4",
+        "{up}"
+    );
+    let lz4 = "SELECT count(*) FROM pg_attribute WHERE attrelid = 'event_outbox'::regclass \
+               AND attname = 'payload' AND attcompression = 'l'";
+    assert_eq!(count(&conn, lz4).await, 1, "payloads compress with lz4");
+    // Down reverts the last migration: the payloads' lz4 first, then the inbox, then the
+    // commit-horizon column, then the table.
+    assert!(outbox(Some(&url), &["migrate", "down"]).status.success());
+    assert_eq!(count(&conn, lz4).await, 0, "the default compression again");
     assert!(outbox(Some(&url), &["migrate", "down"]).status.success());
     assert!(
         conn.execute_unprepared("SELECT 1 FROM event_inbox")

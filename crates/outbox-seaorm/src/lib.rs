@@ -1,8 +1,9 @@
 //! The transactional outbox on PostgreSQL through SeaORM.
 //!
-//! - [`CreateEventOutbox`] and [`AddCommitHorizon`]: the migrations that create `event_outbox`,
-//!   to add to your migrator in two lines (or [`migration::UP_SQL`] and
-//!   [`migration::COMMIT_HORIZON_UP_SQL`] for other migration tools), and [`CreateEventInbox`]
+//! - [`CreateEventOutbox`], [`AddCommitHorizon`] and [`CompressPayloadsWithLz4`]: the
+//!   migrations that create `event_outbox`, to add to your migrator in three lines (or
+//!   [`migration::UP_SQL`], [`migration::COMMIT_HORIZON_UP_SQL`] and
+//!   [`migration::PAYLOAD_LZ4_UP_SQL`] for other migration tools), and [`CreateEventInbox`]
 //!   for a service that consumes through the inbox ([`migration::INBOX_UP_SQL`]);
 //! - [`entity`]: the SeaORM entity of the table, for queries of your own;
 //! - [`PostgresOutbox`]: the repository. It adds events on your transaction
@@ -85,6 +86,8 @@ mod write;
 #[doc(hidden)]
 pub use claim::CLAIM;
 pub use inbox::{PostgresInbox, is_permanent, sqlx_is_permanent};
-pub use migration::{AddCommitHorizon, CreateEventInbox, CreateEventOutbox, OutboxMigrator};
+pub use migration::{
+    AddCommitHorizon, CompressPayloadsWithLz4, CreateEventInbox, CreateEventOutbox, OutboxMigrator,
+};
 pub use outbox::PostgresOutbox;
 pub use wake::WAKE_SQL;

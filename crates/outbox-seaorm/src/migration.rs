@@ -1,7 +1,7 @@
 //! The migrations that create `event_outbox` and the consumer's `event_inbox`.
 //!
-//! Add them to your service's migrator, one line each (`CreateEventInbox` only if the service
-//! consumes through the inbox):
+//! Add them to your service's migrator, one line each, in this order (`CreateEventInbox` only if
+//! the service consumes through the inbox):
 //!
 //! ```
 //! use sea_orm_migration::prelude::*;
@@ -15,14 +15,16 @@
 //!             Box::new(outbox_seaorm::CreateEventOutbox),
 //!             Box::new(outbox_seaorm::AddCommitHorizon),
 //!             Box::new(outbox_seaorm::CreateEventInbox),
+//!             Box::new(outbox_seaorm::CompressPayloadsWithLz4),
 //!         ]
 //!     }
 //! }
 //! ```
 //!
 //! Services on other migration tools apply [`UP_SQL`] (the file `sql/event_outbox.up.sql`),
-//! then [`COMMIT_HORIZON_UP_SQL`] (`sql/commit_horizon.up.sql`, in one transaction), and
-//! [`INBOX_UP_SQL`] (`sql/event_inbox.up.sql`) instead.
+//! then [`COMMIT_HORIZON_UP_SQL`] (`sql/commit_horizon.up.sql`) and [`PAYLOAD_LZ4_UP_SQL`]
+//! (`sql/payload_lz4.up.sql`), each in one transaction, and [`INBOX_UP_SQL`]
+//! (`sql/event_inbox.up.sql`) instead.
 
 use sea_orm_migration::prelude::*;
 
@@ -38,6 +40,13 @@ pub const COMMIT_HORIZON_UP_SQL: &str = include_str!("../sql/commit_horizon.up.s
 
 /// The DDL that reverts [`COMMIT_HORIZON_UP_SQL`] (`sql/commit_horizon.down.sql`).
 pub const COMMIT_HORIZON_DOWN_SQL: &str = include_str!("../sql/commit_horizon.down.sql");
+
+/// The DDL that makes new payloads compress with lz4 instead of pglz
+/// (`sql/payload_lz4.up.sql`). Run it in one transaction.
+pub const PAYLOAD_LZ4_UP_SQL: &str = include_str!("../sql/payload_lz4.up.sql");
+
+/// The DDL that reverts [`PAYLOAD_LZ4_UP_SQL`] (`sql/payload_lz4.down.sql`).
+pub const PAYLOAD_LZ4_DOWN_SQL: &str = include_str!("../sql/payload_lz4.down.sql");
 
 /// The DDL that creates the consumer's inbox, `event_inbox` (`sql/event_inbox.up.sql`).
 pub const INBOX_UP_SQL: &str = include_str!("../sql/event_inbox.up.sql");
@@ -102,6 +111,38 @@ impl MigrationTrait for AddCommitHorizon {
     }
 }
 
+/// Makes PostgreSQL compress new `event_outbox.payload` values with lz4 instead of its default,
+/// pglz, which made a 32 KiB event's transaction cost about 3.5 times a 1 KiB one (lz4: about
+/// 1.3 times); catalog-only, safe on a live table, and a notice, not an error, on a server built
+/// without lz4. Its `down` goes back to the server's default.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompressPayloadsWithLz4;
+
+impl MigrationName for CompressPayloadsWithLz4 {
+    fn name(&self) -> &str {
+        "m20261207_000001_compress_outbox_payloads_lz4"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CompressPayloadsWithLz4 {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(PAYLOAD_LZ4_UP_SQL)
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(PAYLOAD_LZ4_DOWN_SQL)
+            .await?;
+        Ok(())
+    }
+}
+
 /// Creates the consumer's inbox, `event_inbox`, with its indexes; its `down` drops the table.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct CreateEventInbox;
@@ -142,6 +183,7 @@ impl MigratorTrait for OutboxMigrator {
             Box::new(CreateEventOutbox),
             Box::new(AddCommitHorizon),
             Box::new(CreateEventInbox),
+            Box::new(CompressPayloadsWithLz4),
         ]
     }
 }

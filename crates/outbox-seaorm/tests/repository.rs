@@ -327,6 +327,44 @@ async fn the_migration_goes_down_and_up_again() {
     assert_eq!(status, 0);
 }
 
+async fn text(conn: &DatabaseConnection, sql: &str) -> String {
+    conn.query_one(Statement::from_string(sea_orm::DbBackend::Postgres, sql))
+        .await
+        .unwrap()
+        .unwrap()
+        .try_get_by_index::<Option<String>>(0)
+        .unwrap()
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn large_payloads_are_compressed_with_lz4_and_the_migration_reverts_to_the_default() {
+    let (_db, conn) = migrated().await;
+    let column = "SELECT attcompression::text FROM pg_attribute \
+                  WHERE attrelid = 'event_outbox'::regclass AND attname = 'payload'";
+    assert_eq!(text(&conn, column).await, "l");
+    let essay = "a student's essay, paragraph after paragraph. ".repeat(700);
+    let big = NewOutboxEvent::json(
+        "order",
+        "big",
+        "OrderPlaced",
+        &serde_json::json!({ "essay": essay }),
+    )
+    .unwrap()
+    .with_topic("orders");
+    let outbox = PostgresOutbox::new(conn.clone()).unwrap();
+    outbox.add_event(&conn, big).await.unwrap();
+    let stored = "SELECT pg_column_compression(payload) FROM event_outbox";
+    assert_eq!(text(&conn, stored).await, "lz4");
+
+    // Down: new payloads take the server's default again (pglz here); the stored one is kept.
+    OutboxMigrator::down(&conn, Some(1)).await.unwrap();
+    assert_eq!(text(&conn, column).await, "");
+    assert_eq!(count(&conn).await, 1);
+    OutboxMigrator::up(&conn, None).await.unwrap();
+    assert_eq!(text(&conn, column).await, "l");
+}
+
 #[test]
 fn a_non_postgres_connection_is_refused() {
     let disconnected = sea_orm::DatabaseConnection::default();

@@ -47,8 +47,9 @@ use sea_orm_migration::MigratorTrait;
 
 /// Creates or upgrades the `event_outbox` and `event_inbox` tables on `db` (all of
 /// [`OutboxMigrator`]'s migrations not applied yet). Services with a migrator of their own add
-/// [`outbox_seaorm::CreateEventOutbox`], [`outbox_seaorm::AddCommitHorizon`] and
-/// [`outbox_seaorm::CreateEventInbox`] to it instead;
+/// [`outbox_seaorm::CreateEventOutbox`], [`outbox_seaorm::AddCommitHorizon`],
+/// [`outbox_seaorm::CreateEventInbox`] and [`outbox_seaorm::CompressPayloadsWithLz4`] to it
+/// instead;
 /// services on other migration tools apply the plain SQL of [`outbox_seaorm::migration`].
 pub async fn migrate(db: &DatabaseConnection) -> Result<(), Error> {
     OutboxMigrator::up(db, None).await?;

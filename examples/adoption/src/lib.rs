@@ -26,6 +26,8 @@ impl MigratorTrait for Migrator {
             Box::new(outbox_seaorm::AddCommitHorizon),
             // Only for a service that consumes through the inbox (section 13).
             Box::new(outbox_seaorm::CreateEventInbox),
+            // New payloads compress with lz4, not pglz: large events cost far less to write.
+            Box::new(outbox_seaorm::CompressPayloadsWithLz4),
         ]
     }
 }

@@ -65,6 +65,7 @@ impl MigratorTrait for Migrator {
             Box::new(outbox_seaorm::AddCommitHorizon),
             Box::new(outbox_seaorm::CreateEventInbox),
             Box::new(CreateBatchOrchestratorTables),
+            Box::new(outbox_seaorm::CompressPayloadsWithLz4),
         ]
     }
 }

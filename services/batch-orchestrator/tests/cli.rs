@@ -65,6 +65,7 @@ async fn migrate_creates_the_outbox_inbox_and_service_tables_and_reverts_its_own
         "m20261127_000001_create_event_outbox",
         "m20261130_000002_create_event_inbox",
         "m20261130_000101_create_batch_orchestrator_tables",
+        "m20261207_000001_compress_outbox_payloads_lz4",
     ] {
         assert!(status.contains(&format!("Applied\t{name}")), "{status}");
     }
@@ -73,10 +74,10 @@ async fn migrate_creates_the_outbox_inbox_and_service_tables_and_reverts_its_own
     let status =
         String::from_utf8_lossy(&run(Some(&url), &[], &["migrate", "status"]).stdout).into_owned();
     assert!(
-        status.contains("Pending\tm20261130_000101_create_batch_orchestrator_tables"),
+        status.contains("Pending\tm20261207_000001_compress_outbox_payloads_lz4"),
         "{status}"
     );
-    assert!(status.contains("Applied\tm20261130_000002_create_event_inbox"));
+    assert!(status.contains("Applied\tm20261130_000101_create_batch_orchestrator_tables"));
 }
 
 #[tokio::test]
