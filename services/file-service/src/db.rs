@@ -203,6 +203,36 @@ impl MigrationTrait for AddProcessingAttempts {
     }
 }
 
+/// Makes PostgreSQL compress new uploaded bytes and extracted texts with lz4 instead of pglz
+/// (`sql/003_contents_lz4.up.sql`): with pglz, a 40 KB upload cost about twice a 1 KB one.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CompressFileContentsWithLz4;
+
+impl MigrationName for CompressFileContentsWithLz4 {
+    fn name(&self) -> &str {
+        "m20261207_000002_compress_file_contents_lz4"
+    }
+}
+
+#[async_trait::async_trait]
+impl MigrationTrait for CompressFileContentsWithLz4 {
+    async fn up(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(include_str!("../sql/003_contents_lz4.up.sql"))
+            .await?;
+        Ok(())
+    }
+
+    async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
+        manager
+            .get_connection()
+            .execute_unprepared(include_str!("../sql/003_contents_lz4.down.sql"))
+            .await?;
+        Ok(())
+    }
+}
+
 /// The service's migrator: the outbox table first, then the service's own.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Migrator;
@@ -214,6 +244,8 @@ impl MigratorTrait for Migrator {
             Box::new(outbox_seaorm::AddCommitHorizon),
             Box::new(CreateFileServiceTables),
             Box::new(AddProcessingAttempts),
+            Box::new(outbox_seaorm::CompressPayloadsWithLz4),
+            Box::new(CompressFileContentsWithLz4),
         ]
     }
 }

@@ -19,6 +19,23 @@ fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
+/// A column's `attcompression`: `l` for lz4, empty for the server's default.
+async fn compression(conn: &sea_orm::DatabaseConnection, table: &str, column: &str) -> String {
+    let sql = format!(
+        "SELECT attcompression::text FROM pg_attribute \
+         WHERE attrelid = '{table}'::regclass AND attname = '{column}'"
+    );
+    conn.query_one(sea_orm::Statement::from_string(
+        sea_orm::DbBackend::Postgres,
+        sql,
+    ))
+    .await
+    .unwrap()
+    .unwrap()
+    .try_get_by_index::<String>(0)
+    .unwrap()
+}
+
 fn json(output: &Output) -> serde_json::Value {
     assert!(output.status.success(), "{output:?}");
     serde_json::from_str(stdout(output).trim()).unwrap()
@@ -64,8 +81,21 @@ async fn migrate_and_the_outbox_commands_work_on_a_real_database() {
     );
     assert!(listed.contains("Applied\tm20261127_000002_create_file_service_tables"));
     assert!(listed.contains("Applied\tm20261130_000001_add_file_upload_processing_attempts"));
+    assert!(listed.contains("Applied\tm20261207_000001_compress_outbox_payloads_lz4"));
+    assert!(listed.contains("Applied\tm20261207_000002_compress_file_contents_lz4"));
 
     let conn = db.connect().await;
+    for (table, column) in [
+        ("event_outbox", "payload"),
+        ("raw_files", "content"),
+        ("extracted_texts", "content"),
+    ] {
+        assert_eq!(
+            compression(&conn, table, column).await,
+            "l",
+            "{table}.{column}"
+        );
+    }
     conn.execute_unprepared(
         "INSERT INTO event_outbox (event_id, aggregate_type, aggregate_id, event_type, topic, event_key, payload)
          SELECT gen_random_uuid(), 'file_upload', 'u' || n, 'T' || (n % 2), 'topic.' || (n % 2), 'k' || n, '\\x00'
@@ -130,8 +160,25 @@ async fn migrate_and_the_outbox_commands_work_on_a_real_database() {
     let missing = run(Some(&url), &["outbox", "dead-letters", "show", "1"]);
     assert_eq!(missing.status.code(), Some(3), "row 1 was replayed");
 
+    // The file contents' lz4 first: new contents take the server's default compression again.
     let down = run(Some(&url), &["migrate", "down"]);
     assert!(down.status.success());
+    let after_down = stdout(&run(Some(&url), &["migrate", "status"]));
+    assert!(
+        after_down.contains("Pending\tm20261207_000002"),
+        "{after_down}"
+    );
+    assert!(
+        after_down.contains("Applied\tm20261207_000001"),
+        "{after_down}"
+    );
+    assert_eq!(compression(&conn, "raw_files", "content").await, "");
+    assert_eq!(compression(&conn, "event_outbox", "payload").await, "l");
+    // Then the outbox payloads' lz4 and the processing attempts.
+    for _ in 0..2 {
+        let down = run(Some(&url), &["migrate", "down"]);
+        assert!(down.status.success());
+    }
     let after_down = stdout(&run(Some(&url), &["migrate", "status"]));
     assert!(
         after_down.contains("Pending\tm20261130_000001"),
