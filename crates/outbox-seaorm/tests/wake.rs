@@ -187,7 +187,7 @@ async fn a_steady_stream_of_commits_shares_notifications_in_windows_growing_to_4
     let db = TestDatabase::create().await;
     let store = store_on(&db).await;
     let wake = store.remote_wake().expect("PostgreSQL carries wake-ups");
-    let mut listener = sea_orm::sqlx::postgres::PgListener::connect(&db.url())
+    let mut listener = sea_orm::sqlx::postgres::PgListener::connect(db.url())
         .await
         .unwrap();
     listener.listen("outbox_wake").await.unwrap();
