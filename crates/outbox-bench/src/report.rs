@@ -866,7 +866,8 @@ fn sweep_markdown(out: &mut String, s: &Sizes, sweep: &Sweep) {
             out,
             "\nAcknowledging {} ids on one pooled connection (`DELETE FROM event_outbox WHERE id = \
              ANY($1)`, the relay's statement), alternately as one statement (~{} KiB of \
-             parameters) and as chunks of 1,000 ids (what `PostgresOutbox::acknowledge` does), {} \
+             parameters) and as chunks of 1,000 ids (what `PostgresOutbox::acknowledge` did while \
+             Nagle's stall lasted; it sends one statement now), {} \
              times each after a warm-up: one statement p50 {:.3} ms (p99 {:.3}), chunks p50 \
              {:.3} ms (p99 {:.3}); one/chunked p50 = **{:.3}**.",
             ack.ids,

@@ -7,7 +7,8 @@
 //! L's p50 at 32 KiB exceeds [`GUARD_RATIO`] times its p50 at 1 KiB.
 //!
 //! It also times the relay's acknowledgement of many ids as one `DELETE` against chunks of
-//! 1,000 ids (the chunking `PostgresOutbox::acknowledge` does only because of the stall).
+//! 1,000 ids: the chunking `PostgresOutbox::acknowledge` did only because of the stall (it sends
+//! one statement now).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
