@@ -450,7 +450,14 @@ async fn read_routes_answer_500_when_the_database_fails() {
 
 #[tokio::test]
 async fn healthz_is_503_until_the_relay_runs_and_metrics_carry_no_batch_id() {
-    let s = service(&[]).await;
+    // The registration's topic exists, so the relay delivers its event and stops cleanly: a
+    // missing topic kept the event in flight for librdkafka's 30 s metadata wait, as long as
+    // the relay's graceful stop.
+    let bootstrap = outbox_test_harness::kafka_bootstrap_servers().await;
+    let prefix = format!("{}.", outbox_test_harness::unique_name("bos_health"));
+    let topic = format!("{prefix}huleedu.batch.essays.registered.v1");
+    let _topic = outbox_test_harness::TestTopic::create_named(&bootstrap, &topic, 1).await;
+    let s = service(&[("BATCH_ORCHESTRATOR_SERVICE_TOPIC_PREFIX", &prefix)]).await;
     let (status, _, body) = send(&s.app, get("/healthz")).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
     assert_eq!(body["status"], "unhealthy");
