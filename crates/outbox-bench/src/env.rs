@@ -266,7 +266,7 @@ impl Env {
                 .map(|s| s.trim().to_owned())
                 .unwrap_or_default(),
             postgres: pg("SELECT version()").await,
-            postgres_settings: pg("SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size', 'checkpoint_timeout')").await,
+            postgres_settings: pg("SELECT (SELECT string_agg(name || '=' || current_setting(name), ', ' ORDER BY name) FROM pg_settings WHERE name IN ('shared_buffers', 'synchronous_commit', 'fsync', 'wal_level', 'max_wal_size', 'checkpoint_timeout', 'ssl')) || ', this connection ' || (SELECT CASE WHEN ssl THEN 'over TLS' ELSE 'without TLS' END FROM pg_stat_ssl WHERE pid = pg_backend_pid())").await,
             kafka: kafka_version(),
             librdkafka: rdkafka::util::get_rdkafka_version().1,
             rustc: run("rustc", &["--version"]),
