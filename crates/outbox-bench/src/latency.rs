@@ -36,6 +36,10 @@ pub(crate) struct LatencyRun {
     /// Acks noted before the writer had seen its commit return (clamped to 0 in the latency).
     pub(crate) ack_before_commit: usize,
     pub(crate) latency: Summary,
+    /// From the commit to the relay's claim that returned the event: the wait for a wake-up and
+    /// for the commit horizon to pass the event; the rest of `latency` is the batch's claim,
+    /// send and Kafka's acknowledgement.
+    pub(crate) to_claim: Summary,
     pub(crate) writer_txn: Summary,
     /// `linger.ms` when overridden.
     pub(crate) linger_ms: Option<u32>,
@@ -56,6 +60,7 @@ impl LatencyRun {
             "events_missing": self.missing,
             "acks_before_commit_returned": self.ack_before_commit,
             "commit_to_ack": self.latency.to_json(),
+            "commit_to_claim": self.to_claim.to_json(),
             "writer_transaction": self.writer_txn.to_json(),
             "linger_ms_override": self.linger_ms,
             "relay_batches": self.breakdown.to_json(),
@@ -193,12 +198,17 @@ pub(crate) async fn run_one(
     }
     worker.stop().await.context("stopping the relay")?;
     acks.extend(probe.take_acks());
+    let claims: HashMap<EventId, Instant> = probe.take_claims().into_iter().collect();
 
     let cutoff = start + Duration::from_secs_f64(sizes.latency_warmup_secs);
     let mut latencies = Vec::new();
+    let mut to_claim = Vec::new();
     let mut missing = 0;
     let mut early = 0;
     for (id, committed) in commits.iter().filter(|(_, at)| *at >= cutoff) {
+        if let Some(claimed) = claims.get(id) {
+            to_claim.push(claimed.saturating_duration_since(*committed));
+        }
         match acks.get(id) {
             Some(acked) => {
                 if acked < committed {
@@ -224,12 +234,14 @@ pub(crate) async fn run_one(
         missing,
         ack_before_commit: early,
         latency: Summary::of(&mut latencies),
+        to_claim: Summary::of(&mut to_claim),
         writer_txn: Summary::of(&mut txns),
     };
     println!(
         "  {offered_label} ({:.0}/s offered, {:.0}/s achieved), {}{}: commit->ack p50 {:.2} ms  p99 \
-         {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} events, {} missing); writer txn p50 {:.2} ms; \
-         {} batches of {:.1} on average, claim p50 {:.2} ms, publish p50 {:.2} ms, ack p50 {:.2} ms",
+         {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} events, {} missing); commit->claim p50 {:.2} \
+         ms  p99 {:.2} ms; writer txn p50 {:.2} ms  p99 {:.2} ms; {} batches of {:.1} on average, claim p50 \
+         {:.2} ms, publish p50 {:.2} ms, ack p50 {:.2} ms",
         offered,
         run.achieved,
         if wake { "wake-up" } else { "polling only" },
@@ -242,7 +254,10 @@ pub(crate) async fn run_one(
         run.latency.max,
         run.measured,
         run.missing,
+        run.to_claim.p50,
+        run.to_claim.p99,
         run.writer_txn.p50,
+        run.writer_txn.p99,
         run.breakdown.batches,
         run.mean_batch,
         run.breakdown.claim.p50,

@@ -69,6 +69,8 @@ pub(crate) struct Probe {
     done: Notify,
     /// Kafka acknowledgements by event, when recorded (commit-to-ack latency).
     acks: Option<Mutex<Vec<(EventId, Instant)>>>,
+    /// When each event's claim returned, recorded with the acknowledgements.
+    claims: Option<Mutex<Vec<(EventId, Instant)>>>,
 }
 
 impl Probe {
@@ -84,6 +86,7 @@ impl Probe {
         Arc::new(Self {
             target: AtomicU64::new(u64::MAX),
             acks: Some(Mutex::new(Vec::new())),
+            claims: Some(Mutex::new(Vec::new())),
             ..Self::default()
         })
     }
@@ -126,11 +129,21 @@ impl Probe {
 
     /// The acknowledgement instants recorded so far.
     pub(crate) fn take_acks(&self) -> Vec<(EventId, Instant)> {
-        self.acks
-            .as_ref()
-            .and_then(|a| a.lock().ok().map(|mut a| std::mem::take(&mut *a)))
-            .unwrap_or_default()
+        take(&self.acks)
     }
+
+    /// The claim instants recorded so far.
+    pub(crate) fn take_claims(&self) -> Vec<(EventId, Instant)> {
+        take(&self.claims)
+    }
+}
+
+/// What `recorded` holds, leaving it empty.
+fn take(recorded: &Option<Mutex<Vec<(EventId, Instant)>>>) -> Vec<(EventId, Instant)> {
+    recorded
+        .as_ref()
+        .and_then(|a| a.lock().ok().map(|mut a| std::mem::take(&mut *a)))
+        .unwrap_or_default()
 }
 
 /// The PostgreSQL store, timing each claim and acknowledgement.
@@ -166,6 +179,12 @@ impl RelayStore for TimedStore {
             self.probe.empty_claims.fetch_add(1, Ordering::Relaxed);
         } else {
             self.probe.record(Step::Claim, start);
+            if let Some(claims) = &self.probe.claims
+                && let Ok(mut claims) = claims.lock()
+            {
+                let end = Instant::now();
+                claims.extend(batch.events.iter().map(|e| (e.event_id, end)));
+            }
         }
         Ok(batch)
     }

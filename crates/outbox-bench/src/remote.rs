@@ -285,11 +285,17 @@ async fn run_remote(env: &Env, sizes: &Sizes, offered: f64, notify: bool) -> Res
     }
     worker.stop().await.context("stopping the relay")?;
     acks.extend(probe.take_acks());
+    let claims: HashMap<EventId, Instant> = probe.take_claims().into_iter().collect();
 
     let mut latencies = Vec::new();
+    let mut to_claim = Vec::new();
     let mut missing = 0;
     let mut early = 0;
     for (id, committed) in &commits {
+        if let Some(claimed) = claims.get(id) {
+            let claimed = unix_nanos(wall, mono, *claimed)?;
+            to_claim.push(Duration::from_nanos((claimed - committed).max(0) as u64));
+        }
         match acks.get(id) {
             Some(acked) => {
                 let acked = unix_nanos(wall, mono, *acked)?;
@@ -316,12 +322,14 @@ async fn run_remote(env: &Env, sizes: &Sizes, offered: f64, notify: bool) -> Res
         missing,
         ack_before_commit: early,
         latency: Summary::of(&mut latencies),
+        to_claim: Summary::of(&mut to_claim),
         writer_txn: Summary::of(&mut txns),
     };
     println!(
         "  {offered}/s, other process, {}: commit->ack p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  \
-         ({} events, {} missing, {} acked before the commit returned); writer txn p50 {:.2} ms; \
-         {} batches of {:.1} on average",
+         ({} events, {} missing, {} acked before the commit returned); commit->claim p50 {:.2} ms  \
+         p99 {:.2} ms; writer txn p50 {:.2} ms  p99 {:.2} ms; {} batches of {:.1} on average, claim p50 {:.2} \
+         ms, publish p50 {:.2} ms, ack p50 {:.2} ms",
         if notify {
             "wake_notifier()"
         } else {
@@ -333,9 +341,15 @@ async fn run_remote(env: &Env, sizes: &Sizes, offered: f64, notify: bool) -> Res
         run.measured,
         run.missing,
         run.ack_before_commit,
+        run.to_claim.p50,
+        run.to_claim.p99,
         run.writer_txn.p50,
+        run.writer_txn.p99,
         run.breakdown.batches,
         run.mean_batch,
+        run.breakdown.claim.p50,
+        run.breakdown.publish.p50,
+        run.breakdown.ack.p50,
     );
     Ok(run)
 }

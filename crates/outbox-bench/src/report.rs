@@ -982,20 +982,23 @@ fn remote_markdown(out: &mut String, s: &Sizes, remote: &RemoteResults) {
          **wake_notifier()**: the child calls `PostgresOutbox::wake_notifier().notify()` after \
          each commit (a coalesced `pg_notify` outside the transaction; the leader `LISTEN`s); \
          **polling only**: it does not. **same process**: writers beside the relay with \
-         `notifier().notify()`, as in section 3.\n",
+         `notifier().notify()`, as in section 3. **to claim**: from the commit to the end of \
+         the relay's claim that returned the event (the wait for a wake-up, for the batch in \
+         flight, and for older transactions still running: the commit horizon); the rest is \
+         the send and Kafka's acknowledgement.\n",
         crate::remote::CHILD_FLAG,
         s.latency_warmup_secs,
         s.latency_secs,
     );
     let _ = writeln!(
         out,
-        "| offered/s | writers | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | events | missing | writer tx p50 ms | relay batches | events per batch |\n|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| offered/s | writers | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | to claim p50 / p99 ms | events | missing | writer tx p50 / p99 ms | relay batches | events per batch |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in &remote.runs {
         let l = &r.run;
         let _ = writeln!(
             out,
-            "| {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {:.1} |",
+            "| {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {} | {:.2} / {:.2} | {} | {:.1} |",
             l.offered,
             r.writers.label(),
             l.achieved,
@@ -1003,9 +1006,12 @@ fn remote_markdown(out: &mut String, s: &Sizes, remote: &RemoteResults) {
             l.latency.p99,
             l.latency.p999,
             l.latency.max,
+            l.to_claim.p50,
+            l.to_claim.p99,
             l.measured,
             l.missing,
             l.writer_txn.p50,
+            l.writer_txn.p99,
             l.breakdown.batches,
             l.mean_batch,
         );
