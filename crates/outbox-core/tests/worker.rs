@@ -1101,3 +1101,166 @@ async fn a_horizon_held_too_long_is_reported_with_the_wait() {
     worker.stop().await.unwrap();
     assert_eq!(payloads(&publisher), ["a:0", "a:1"]);
 }
+
+/// The store, noting each claim (its limit and what it returned) and each acknowledgement in
+/// order; its acknowledgements can be made to hang (a database that stopped answering).
+struct Recorded {
+    inner: Arc<MemoryStore>,
+    log: std::sync::Mutex<Vec<String>>,
+    payloads: std::sync::Mutex<std::collections::HashMap<i64, String>>,
+    hang_acks: std::sync::atomic::AtomicBool,
+}
+
+impl Recorded {
+    fn new(inner: Arc<MemoryStore>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            log: Default::default(),
+            payloads: Default::default(),
+            hang_acks: Default::default(),
+        })
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+#[async_trait::async_trait]
+impl RelayStore for Recorded {
+    async fn acquire_leadership(&self) -> Result<bool, OutboxError> {
+        self.inner.acquire_leadership().await
+    }
+
+    async fn release_leadership(&self) -> Result<(), OutboxError> {
+        self.inner.release_leadership().await
+    }
+
+    async fn claim_batch(
+        &self,
+        limit: usize,
+        after: Option<outbox_core::ClaimCursor>,
+    ) -> Result<outbox_core::ClaimedBatch, OutboxError> {
+        let batch = self.inner.claim_batch(limit, after).await?;
+        if !batch.events.is_empty() {
+            let mut payloads = self.payloads.lock().unwrap();
+            let mut line = format!("claim {limit}:");
+            for event in &batch.events {
+                let payload = String::from_utf8(event.payload.clone()).unwrap();
+                line.push(' ');
+                line.push_str(&payload);
+                payloads.insert(event.id, payload);
+            }
+            self.log.lock().unwrap().push(line);
+        }
+        Ok(batch)
+    }
+
+    async fn acknowledge(&self, ids: &[i64], keep: bool) -> Result<u64, OutboxError> {
+        while self.hang_acks.load(Ordering::SeqCst) {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let line = {
+            let payloads = self.payloads.lock().unwrap();
+            let named: Vec<&str> = ids.iter().map(|id| payloads[id].as_str()).collect();
+            format!("ack {}", named.join(" "))
+        };
+        self.log.lock().unwrap().push(line);
+        self.inner.acknowledge(ids, keep).await
+    }
+
+    async fn record_failures(
+        &self,
+        failures: &[outbox_core::AttemptFailure],
+    ) -> Result<(), OutboxError> {
+        self.inner.record_failures(failures).await
+    }
+
+    async fn stats(&self) -> Result<outbox_core::OutboxStats, OutboxError> {
+        self.inner.stats().await
+    }
+}
+
+#[tokio::test]
+async fn a_clean_batch_is_written_back_while_the_next_is_sent_within_one_batch_size() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let recorded = Recorded::new(store.clone());
+    store.add(event("a", 0));
+    publisher.hang();
+    let worker = EventRelayWorker::new(
+        recorded.clone(),
+        publisher.clone(),
+        fast().with_batch_size(3),
+    )
+    .unwrap();
+    worker.start().unwrap();
+    until("the first batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for n in 1..=4 {
+        store.add(event("a", n));
+    }
+    publisher.release();
+    until("all delivered", || store.pending() == 0).await;
+    worker.stop().await.unwrap();
+
+    assert_eq!(payloads(&publisher), ["a:0", "a:1", "a:2", "a:3", "a:4"]);
+    let log = recorded.log();
+    assert_eq!(log[0], "claim 3: a:0", "{log:?}");
+    // Right after Kafka acknowledged a:0, what committed meanwhile is claimed, only as much as
+    // fits beside a:0 in one batch, and sent while a:0 is written back.
+    assert_eq!(log[1], "claim 2: a:1 a:2", "{log:?}");
+    let first_ack = log.iter().position(|l| l == "ack a:0");
+    assert!(first_ack > Some(1), "{log:?}");
+    assert!(log.contains(&"ack a:1 a:2".to_owned()), "{log:?}");
+    assert!(log.contains(&"ack a:3 a:4".to_owned()), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_relay_killed_beside_a_carried_write_back_resends_at_most_one_batch_size() {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let recorded = Recorded::new(store.clone());
+    store.add(event("a", 0));
+    publisher.hang();
+    let settings = fast().with_batch_size(3);
+    let first =
+        EventRelayWorker::new(recorded.clone(), publisher.clone(), settings.clone()).unwrap();
+    first.start().unwrap();
+    until("the first batch in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    for n in 1..=5 {
+        store.add(event("a", n));
+    }
+    // The database stops answering acknowledgements: a:0's write-back hangs beside the send of
+    // the next batch, which Kafka acknowledges; then the relay dies.
+    recorded.hang_acks.store(true, Ordering::SeqCst);
+    publisher.release();
+    until("the next batch sent", || {
+        publisher.publishes.load(Ordering::SeqCst) == 2
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    first.abort();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let second = EventRelayWorker::new(store.clone(), publisher.clone(), settings).unwrap();
+    second.start().unwrap();
+    until("all delivered", || store.pending() == 0).await;
+    second.stop().await.unwrap();
+
+    let delivered = payloads(&publisher);
+    let unique: std::collections::BTreeSet<&String> = delivered.iter().collect();
+    assert_eq!(unique.len(), 6, "nothing lost: {delivered:?}");
+    assert_eq!(
+        delivered,
+        [
+            "a:0", "a:1", "a:2", "a:0", "a:1", "a:2", "a:3", "a:4", "a:5"
+        ],
+        "the duplicates are at most one batch size (3), in order"
+    );
+}

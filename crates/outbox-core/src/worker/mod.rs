@@ -52,7 +52,8 @@ pub struct RelayStatus {
 
 /// Relays events from a [`RelayStore`] to an [`EventPublisher`].
 ///
-/// One loop, one batch at a time, so at most one batch is ever unacknowledged:
+/// One loop, one batch sent at a time, and at most `batch_size` events ever sent but not
+/// acknowledged in the store (the bound on duplicates after a crash):
 ///
 /// 1. make sure this relay is the leader (standbys retry every `leader_retry_interval`);
 /// 2. claim up to `batch_size` events: retries that are due, then committed events in commit
@@ -62,10 +63,14 @@ pub struct RelayStatus {
 ///    [`publish`](EventPublisher::publish) and await the acknowledgements together; once an event
 ///    fails, later events with the same topic and key wait for the next batch;
 /// 4. acknowledge the published events in one statement and record permanent failures (retry
-///    time with backoff, or dead letter after `max_attempts`);
+///    time with backoff, or dead letter after `max_attempts`). A batch that was not full went
+///    out clean (no failure, no retry) is acknowledged beside the next one's send instead: right
+///    after Kafka's acknowledgement the relay claims what committed meanwhile, at most
+///    `batch_size` minus the batch's events, and sends that while the store acknowledges;
 /// 5. after a transient failure (broker or database unavailable), wait with capped exponential
-///    backoff and jitter, without touching the failed rows; otherwise poll again at once while
-///    batches come back full, or wait for a wake-up, backing off to `poll_interval` when idle.
+///    backoff and jitter, without touching the failed rows; otherwise claim again at once after
+///    a batch that sent something, or wait for a wake-up after a claim that found nothing,
+///    backing off to `poll_interval` when idle.
 ///
 /// A second task refreshes the backlog gauges every `stats_interval` and, under retention,
 /// deletes expired published rows in bounded batches.

@@ -36,6 +36,31 @@ impl Outcome {
     pub(super) fn is_clean(&self) -> bool {
         self.failures.is_empty() && self.left_pending == 0
     }
+
+    /// Adds the results of a later batch, to write both back as one.
+    pub(super) fn absorb(&mut self, later: Outcome) {
+        self.published.extend(later.published);
+        self.failures.extend(later.failures);
+        self.left_pending += later.left_pending;
+        if self.transient_error.is_none() {
+            self.transient_error = later.transient_error;
+        }
+    }
+
+    /// Puts the results of an earlier batch first, to write both back as one.
+    pub(super) fn absorb_before(&mut self, earlier: Outcome) {
+        let later = std::mem::replace(self, earlier);
+        self.absorb(later);
+    }
+}
+
+/// Counts events handed to the publisher or published whose rows are not acknowledged yet.
+fn unacknowledged_less(shared: &Shared, n: usize) {
+    let _ = shared
+        .unacknowledged
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |v| {
+            Some(v.saturating_sub(n))
+        });
 }
 
 /// Checks and sends one batch and sorts out what happened to each event.
@@ -83,7 +108,9 @@ pub(super) async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Out
         filtered = sendable.iter().map(|&i| batch[i].clone()).collect();
         &filtered
     };
-    shared.unacknowledged.store(to_send.len(), Ordering::SeqCst);
+    shared
+        .unacknowledged
+        .fetch_add(to_send.len(), Ordering::SeqCst);
     let results = shared.publisher.publish(to_send).await;
     let acked_at = Utc::now();
 
@@ -142,6 +169,8 @@ pub(super) async fn publish_batch(shared: &Shared, batch: &[OutboxEvent]) -> Out
     for (topic, count) in per_topic {
         metrics::counter!(m::EVENTS_RELAYED_TOTAL, "topic" => topic.to_owned()).increment(count);
     }
+    // What failed is not waiting for an acknowledgement.
+    unacknowledged_less(shared, to_send.len() - outcome.published.len());
     outcome
 }
 
@@ -202,7 +231,6 @@ fn fail(shared: &Shared, event: &OutboxEvent, error: PublishError, outcome: &mut
 /// Acknowledges published events and records failures.
 pub(super) async fn write_back(shared: &Shared, outcome: &Outcome) -> Result<(), OutboxError> {
     if outcome.is_empty() {
-        shared.unacknowledged.store(0, Ordering::SeqCst);
         return Ok(());
     }
     if !outcome.published.is_empty() {
@@ -210,7 +238,7 @@ pub(super) async fn write_back(shared: &Shared, outcome: &Outcome) -> Result<(),
             .store
             .acknowledge(&outcome.published, shared.settings.retention.is_some())
             .await?;
-        shared.unacknowledged.store(0, Ordering::SeqCst);
+        unacknowledged_less(shared, outcome.published.len());
         let mut status = shared.status();
         status.relayed += outcome.published.len() as u64;
         if outcome.failures.is_empty() && outcome.transient_error.is_none() {
@@ -230,7 +258,6 @@ pub(super) async fn write_back(shared: &Shared, outcome: &Outcome) -> Result<(),
         }
         shared.status().dead_lettered += dead.len() as u64;
     }
-    shared.unacknowledged.store(0, Ordering::SeqCst);
     Ok(())
 }
 

@@ -1,4 +1,9 @@
 //! The relay loop: lead, write back what is owed, claim, send, settle, wait.
+//!
+//! While events keep coming, the write-back of a batch that went out clean overlaps the next
+//! batch's send: right after Kafka acknowledged a batch, the relay claims what committed
+//! meanwhile (at most `batch_size` events in flight and unwritten together) and writes the
+//! first batch back while the second is sent.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -35,7 +40,33 @@ pub(super) async fn run(
             relay.send(claimed).await;
         }
     }
-    shutdown(&shared, relay.unwritten).await
+    let unwritten = merge(relay.unwritten.take(), relay.carried.take());
+    shutdown(&shared, unwritten).await
+}
+
+/// Writes back the results of a batch carried into this one's send. `Some` with them when that
+/// failed: they are written back with this batch's results, or owed before the next claim.
+async fn write_back_carried(shared: &Shared, carried: Option<Outcome>) -> Option<Outcome> {
+    let carried = carried?;
+    match write_back(shared, &carried).await {
+        Ok(()) => None,
+        Err(error) => {
+            shared.record_error(ErrorClass::Transient, &error);
+            warn_carried(&error, carried.published.len());
+            Some(carried)
+        }
+    }
+}
+
+/// Two outcomes still to write back, as one.
+fn merge(first: Option<Outcome>, second: Option<Outcome>) -> Option<Outcome> {
+    match (first, second) {
+        (Some(mut first), Some(second)) => {
+            first.absorb(second);
+            Some(first)
+        }
+        (first, second) => first.or(second),
+    }
 }
 
 /// The relay loop's state between batches.
@@ -49,6 +80,9 @@ struct Relay<'a> {
     /// Results of a batch that could not be written back yet: written before any new claim, or
     /// the same events would be sent again.
     unwritten: Option<Outcome>,
+    /// A batch that went out clean, its write-back left to run beside the next batch's send
+    /// (claimed already, in the window).
+    carried: Option<Outcome>,
     window: ClaimWindow,
 }
 
@@ -64,6 +98,7 @@ impl<'a> Relay<'a> {
             ),
             idle: settings.min_poll_interval,
             unwritten: None,
+            carried: None,
             window: ClaimWindow::default(),
         }
     }
@@ -81,7 +116,7 @@ impl<'a> Relay<'a> {
             }
             Ok(false) => {
                 self.shared.set_leader(false);
-                if let Some(lost) = self.unwritten.take() {
+                if let Some(lost) = merge(self.unwritten.take(), self.carried.take()) {
                     warn_unacknowledged(lost.published.len());
                     self.shared.unacknowledged.store(0, Ordering::SeqCst);
                 }
@@ -92,6 +127,9 @@ impl<'a> Relay<'a> {
             }
             Err(e) => {
                 self.shared.set_leader(false);
+                // The batch claimed to go with a carried write-back is forgotten: the write-back
+                // is owed before anything is claimed again.
+                self.unwritten = merge(self.unwritten.take(), self.carried.take());
                 self.window.reset();
                 self.store_failed(e, "acquire leadership").await;
                 false
@@ -155,23 +193,107 @@ impl<'a> Relay<'a> {
         }
     }
 
-    /// Sends `claimed`, writes its results back and settles the claim window.
+    /// Sends `claimed` (writing back the batch carried before it meanwhile), then writes its
+    /// results back, or carries them into the next batch's send, and settles the claim window.
     async fn send(&mut self, claimed: ClaimedBatch) {
         let shared = self.shared;
         let started = Instant::now();
         // While batches come back full, claim the next one as this one is sent: its events are
-        // sent only after this batch is acknowledged, so at most one batch is ever
-        // unacknowledged.
-        let (outcome, next) = if ClaimWindow::should_prefetch(&claimed) {
-            let after = self.window.after(&claimed);
-            let (outcome, next) = tokio::join!(
-                publish_batch(shared, &claimed.events),
-                shared.store.claim_batch(shared.settings.batch_size, after)
-            );
-            (outcome, next.ok())
-        } else {
-            (publish_batch(shared, &claimed.events).await, None)
-        };
+        // sent only after this batch is acknowledged by Kafka and written back.
+        let prefetch = ClaimWindow::should_prefetch(&claimed);
+        let after = self.window.after(&claimed);
+        let carried = self.carried.take();
+        let (mut outcome, next, carried) = tokio::join!(
+            publish_batch(shared, &claimed.events),
+            async {
+                if prefetch {
+                    shared
+                        .store
+                        .claim_batch(shared.settings.batch_size, after)
+                        .await
+                        .ok()
+                } else {
+                    None
+                }
+            },
+            write_back_carried(shared, carried)
+        );
+        let mut carry_failed = false;
+        if let Some(unwritten) = carried {
+            // Written back below with this batch's results, or owed before the next claim.
+            outcome.absorb_before(unwritten);
+            carry_failed = true;
+        }
+        if !carry_failed && self.can_carry(&claimed, &outcome) {
+            match self.claim_after(&claimed, &outcome).await {
+                Some(next) if !next.events.is_empty() => {
+                    self.carry(claimed, outcome, next, started);
+                    return;
+                }
+                // Nothing new: write back now, then wait (the empty claim parks what it read).
+                Some(next) => return self.settle(claimed, outcome, Some(next), started).await,
+                None => {}
+            }
+        }
+        self.settle(claimed, outcome, next, started).await;
+    }
+
+    /// Whether the results of `claimed` may be carried into the next batch's send: every event
+    /// went out (nothing for the claim window to send again), none was a retry (the next claim
+    /// would find it due again before its write-back), the batch was not full (the next claim
+    /// fits beside it in `batch_size`), and no stop is asked for.
+    fn can_carry(&self, claimed: &ClaimedBatch, outcome: &Outcome) -> bool {
+        !claimed.full
+            && claimed.retries == 0
+            && outcome.is_clean()
+            && outcome.transient_error.is_none()
+            && !outcome.published.is_empty()
+            && !self.stopping()
+    }
+
+    /// Claims what committed while `claimed` was sent, before its write-back: at most as many
+    /// events as keep the published-but-unwritten ones within `batch_size`. `None` when the
+    /// claim failed (the next loop claims again and meets the error).
+    async fn claim_after(&self, claimed: &ClaimedBatch, outcome: &Outcome) -> Option<ClaimedBatch> {
+        let settings = &self.shared.settings;
+        let limit = settings.batch_size.saturating_sub(outcome.published.len());
+        if limit == 0 {
+            return None;
+        }
+        let after = self.window.after(claimed);
+        self.shared.store.claim_batch(limit, after).await.ok()
+    }
+
+    /// Keeps the results of `claimed`, which went out clean, to be written back beside the send
+    /// of `next`.
+    fn carry(
+        &mut self,
+        claimed: ClaimedBatch,
+        outcome: Outcome,
+        next: ClaimedBatch,
+        started: Instant,
+    ) {
+        let elapsed = started.elapsed();
+        metrics::histogram!(m::RELAY_BATCH_DURATION_SECONDS).record(elapsed.as_secs_f64());
+        log_batch(&claimed, &outcome, elapsed);
+        self.window
+            .settle(&claimed, BatchEnd::WrittenBack { clean: true }, Some(next));
+        self.transient.reset();
+        self.idle = self.shared.settings.min_poll_interval;
+        self.carried = Some(outcome);
+    }
+
+    /// Writes back the results of `claimed` and settles the claim window; `next` is the batch
+    /// claimed meanwhile, if any.
+    async fn settle(
+        &mut self,
+        claimed: ClaimedBatch,
+        outcome: Outcome,
+        next: Option<ClaimedBatch>,
+        started: Instant,
+    ) {
+        let shared = self.shared;
+        let claimed_again = next.is_some();
         let clean = outcome.is_clean();
         let transient_error = outcome.transient_error.clone();
         let written = write_back(shared, &outcome).await;
@@ -195,7 +317,7 @@ impl<'a> Relay<'a> {
             .settle(&claimed, BatchEnd::WrittenBack { clean }, next);
         self.transient.reset();
         self.idle = shared.settings.min_poll_interval;
-        if !claimed.full {
+        if !claimed.full && !claimed_again {
             // The backlog is drained: wait briefly for more, or for a wake-up.
             let _woken = self.wait_for_work().await;
         }
@@ -256,6 +378,16 @@ fn warn_unacknowledged(published: usize) {
         published,
         "outbox relay lost the leadership before acknowledging a batch; the new leader will send \
          those events again (duplicates carry the same event_id)"
+    );
+}
+
+/// The write-back of a batch carried into the next one's send failed.
+fn warn_carried(error: &OutboxError, published: usize) {
+    warn!(
+        error = %error,
+        published,
+        "outbox relay could not acknowledge a batch beside the next one's send; trying again \
+         with that batch's results"
     );
 }
 
