@@ -1,13 +1,14 @@
 //! Wake-ups across processes: writers `NOTIFY` on [`WAKE_CHANNEL`] after their commit, the
-//! leader `LISTEN`s on it between polls. Both go through sqlx on the pool: `pg_notify` on a
-//! pooled connection of its own, `LISTEN` on a [`PgListener`] that reconnects by itself.
+//! leader `LISTEN`s on it between polls. Both go through sqlx with the pool's settings:
+//! `pg_notify` on a connection of the sender's own, `LISTEN` on a [`PgListener`] that
+//! reconnects by itself.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering::SeqCst};
 use std::time::Duration;
 
 use outbox_core::RemoteWake;
-use sea_orm::sqlx::{self, postgres::PgListener};
+use sea_orm::sqlx::{self, ConnectOptions, PgConnection, postgres::PgListener};
 use tokio::sync::Mutex;
 use tracing::debug;
 
@@ -96,11 +97,17 @@ async fn listen(pool: &sqlx::PgPool) -> Result<PgListener, sqlx::Error> {
     Ok(listener)
 }
 
-/// Wakes the active relay from writers in this process when it runs elsewhere: `pg_notify` on
-/// the pool, in a transaction of its own (never inside the writer's, where a `NOTIFY` would take
-/// a database-wide lock at commit), sent in the background and coalesced: the first commit after
+/// Wakes the active relay from writers in this process when it runs elsewhere: `pg_notify` in a
+/// transaction of its own (never inside the writer's, where a `NOTIFY` would take a
+/// database-wide lock at commit), sent in the background and coalesced: the first commit after
 /// a quiet spell is notified at once, and while commits keep coming they share one notification
 /// per window, which grows from 1 to 4 ms (at most about 250 notifications a second per process).
+///
+/// The notifications go on one connection of the sender's own, opened at the first one and
+/// kept: no pool checkout (and its liveness check) per notification, and no pooled connection
+/// taken from the writers. It runs with `synchronous_commit` off: a notification's commit does
+/// not wait for its WAL flush, nor make writers' commits queue behind that flush. A notification
+/// lost in a crash costs nothing the relay's poll does not cover.
 #[derive(Debug, Clone)]
 struct PgWake(Arc<WakeSender>);
 
@@ -111,6 +118,8 @@ struct WakeSender {
     running: AtomicBool,
     /// A commit happened since the sender's last notification.
     dirty: AtomicBool,
+    /// The sender's connection, once opened (only the running sender task uses it).
+    conn: Mutex<Option<PgConnection>>,
 }
 
 impl PgWake {
@@ -119,6 +128,7 @@ impl PgWake {
             pool,
             running: Default::default(),
             dirty: Default::default(),
+            conn: Mutex::new(None),
         }))
     }
 }
@@ -126,9 +136,10 @@ impl PgWake {
 impl WakeSender {
     async fn send_while_dirty(self: Arc<Self>) {
         let mut window = WAKE_WINDOW;
+        let mut conn = self.conn.lock().await;
         loop {
             self.dirty.store(false, SeqCst);
-            if let Err(error) = sqlx::query(WAKE_SQL).execute(&self.pool).await {
+            if let Err(error) = self.notify(&mut conn).await {
                 debug!(error = %error, "outbox wake-up notification not sent; the relay polls");
             }
             tokio::time::sleep(window).await;
@@ -142,6 +153,35 @@ impl WakeSender {
                 return;
             }
         }
+    }
+}
+
+impl WakeSender {
+    /// Sends one notification on `conn`, opening it when it is not open. A connection that
+    /// fails is dropped and the notification sent once more on a new one (the server may have
+    /// restarted since the last).
+    async fn notify(&self, conn: &mut Option<PgConnection>) -> Result<(), sqlx::Error> {
+        if let Some(open) = conn.as_mut() {
+            match sqlx::query(WAKE_SQL).execute(&mut *open).await {
+                Ok(_) => return Ok(()),
+                Err(_) => *conn = None,
+            }
+        }
+        let open = conn.insert(self.connect().await?);
+        if let Err(error) = sqlx::query(WAKE_SQL).execute(&mut *open).await {
+            *conn = None;
+            return Err(error);
+        }
+        Ok(())
+    }
+
+    /// A connection with the pool's settings, committing without waiting for the WAL flush.
+    async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+        let mut conn = self.pool.connect_options().connect().await?;
+        sqlx::query("SET synchronous_commit = off")
+            .execute(&mut conn)
+            .await?;
+        Ok(conn)
     }
 }
 
