@@ -76,9 +76,24 @@ pub(crate) struct CostRow {
     pub(crate) clients: usize,
     pub(crate) without: VariantResult,
     pub(crate) with: VariantResult,
+    /// Per round, p50 with minus p50 without (ms), and tps with over without: the two blocks of
+    /// a round run minutes closer together than the rounds, so their difference carries less of
+    /// the machine's drift than the pooled figures.
+    pub(crate) round_p50_added: Vec<f64>,
+    pub(crate) round_tps_ratio: Vec<f64>,
 }
 
 impl CostRow {
+    /// The median over rounds of the added p50.
+    pub(crate) fn paired_p50_added(&self) -> f64 {
+        median(&self.round_p50_added)
+    }
+
+    /// The median over rounds of tps with over without.
+    pub(crate) fn paired_tps_ratio(&self) -> f64 {
+        median(&self.round_tps_ratio)
+    }
+
     pub(crate) fn p50_added(&self) -> f64 {
         self.with.latency.p50 - self.without.latency.p50
     }
@@ -128,6 +143,9 @@ impl RemoteResults {
                 "without": {"latency": c.without.latency.to_json(), "tps": round3(c.without.tps)},
                 "with": {"latency": c.with.latency.to_json(), "tps": round3(c.with.tps)},
                 "added_p50_ms": round3(c.p50_added()),
+                "added_p50_ms_paired_median": round3(c.paired_p50_added()),
+                "tps_with_over_without_paired_median": round3(c.paired_tps_ratio()),
+                "rounds": c.round_p50_added.len(),
                 "added_p99_ms": round3(c.p99_added()),
                 "tps_with_over_without": round3(c.tps_ratio()),
             })).collect::<Vec<_>>(),
@@ -354,6 +372,17 @@ async fn run_remote(env: &Env, sizes: &Sizes, offered: f64, notify: bool) -> Res
     Ok(run)
 }
 
+/// The median of `values` (0 when empty).
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    match sorted.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => sorted[n / 2],
+        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
+    }
+}
+
 /// B, S and L without and with the wake-up at 1 and 8 clients.
 async fn wake_cost(env: &Env, sizes: &Sizes) -> Result<Vec<CostRow>> {
     println!(
@@ -382,14 +411,18 @@ async fn wake_cost(env: &Env, sizes: &Sizes) -> Result<Vec<CostRow>> {
         let per_client = sizes.write_per_block[index];
         let mut samples: Vec<Vec<Duration>> = vec![Vec::new(); slots.len()];
         let mut walls = vec![Duration::ZERO; slots.len()];
+        // Per slot and round: (p50 ms, tps).
+        let mut per_round: Vec<Vec<(f64, f64)>> = vec![Vec::new(); slots.len()];
         for round in 0..rounds {
             for k in 0..slots.len() {
                 let slot = (round + k) % slots.len();
                 let (variant, on) = slots[slot];
                 let n = on.then_some(&notifier);
-                let (latencies, wall) =
+                let (mut latencies, wall) =
                     block_notifying(&writer, variant, clients, per_client, n).await?;
-                samples[slot].extend(latencies);
+                let tps = latencies.len() as f64 / wall.as_secs_f64();
+                samples[slot].extend(latencies.iter().copied());
+                per_round[slot].push((Summary::of(&mut latencies).p50, tps));
                 walls[slot] += wall;
             }
         }
@@ -402,25 +435,30 @@ async fn wake_cost(env: &Env, sizes: &Sizes) -> Result<Vec<CostRow>> {
                 tps: count as f64 / walls[slot].as_secs_f64(),
             });
         }
-        for pair in results.chunks(2) {
+        for (i, pair) in results.chunks(2).enumerate() {
+            let (without, with) = (&per_round[2 * i], &per_round[2 * i + 1]);
             let row = CostRow {
                 clients,
                 without: pair[0].clone(),
                 with: pair[1].clone(),
+                round_p50_added: without.iter().zip(with).map(|(a, b)| b.0 - a.0).collect(),
+                round_tps_ratio: without.iter().zip(with).map(|(a, b)| b.1 / a.1).collect(),
             };
             println!(
-                "  {clients} client(s) {}: p50 {:.3} -> {:.3} ms ({:+.3})  p99 {:.3} -> {:.3} ms \
-                 ({:+.3})  {:.0} -> {:.0} tx/s ({:.3})",
+                "  {clients} client(s) {}: p50 {:.3} -> {:.3} ms ({:+.3}; paired median {:+.3})  p99 \
+                 {:.3} -> {:.3} ms ({:+.3})  {:.0} -> {:.0} tx/s ({:.3}; paired median {:.3})",
                 row.without.variant.name(),
                 row.without.latency.p50,
                 row.with.latency.p50,
                 row.p50_added(),
+                row.paired_p50_added(),
                 row.without.latency.p99,
                 row.with.latency.p99,
                 row.p99_added(),
                 row.without.tps,
                 row.with.tps,
-                row.tps_ratio()
+                row.tps_ratio(),
+                row.paired_tps_ratio()
             );
             rows.push(row);
         }
