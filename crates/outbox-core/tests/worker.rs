@@ -4,7 +4,7 @@
 //! workspace's integration tests; these pin down the worker's decisions precisely.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -1109,6 +1109,14 @@ struct Recorded {
     log: std::sync::Mutex<Vec<String>>,
     payloads: std::sync::Mutex<std::collections::HashMap<i64, String>>,
     hang_acks: std::sync::atomic::AtomicBool,
+    /// Claims made so far, empty ones included.
+    claims: AtomicUsize,
+    /// The claim with this number (from 1) fails with a database error.
+    fail_claim: AtomicUsize,
+    /// Once this many claims were made, the next leadership check fails (the database
+    /// unreachable) or finds another relay leading, once.
+    fail_lead_after: AtomicUsize,
+    lose_lead_after: AtomicUsize,
 }
 
 impl Recorded {
@@ -1118,7 +1126,17 @@ impl Recorded {
             log: Default::default(),
             payloads: Default::default(),
             hang_acks: Default::default(),
+            claims: Default::default(),
+            fail_claim: Default::default(),
+            fail_lead_after: Default::default(),
+            lose_lead_after: Default::default(),
         })
+    }
+
+    /// Whether the `after` switch is due now: set, and reached by the claims made; it resets.
+    fn due(&self, after: &AtomicUsize) -> bool {
+        let n = after.load(Ordering::SeqCst);
+        n > 0 && self.claims.load(Ordering::SeqCst) >= n && after.swap(0, Ordering::SeqCst) > 0
     }
 
     fn log(&self) -> Vec<String> {
@@ -1129,6 +1147,14 @@ impl Recorded {
 #[async_trait::async_trait]
 impl RelayStore for Recorded {
     async fn acquire_leadership(&self) -> Result<bool, OutboxError> {
+        if self.due(&self.fail_lead_after) {
+            return Err(OutboxError::database(std::io::Error::other(
+                "connection refused",
+            )));
+        }
+        if self.due(&self.lose_lead_after) {
+            return Ok(false);
+        }
         self.inner.acquire_leadership().await
     }
 
@@ -1141,6 +1167,10 @@ impl RelayStore for Recorded {
         limit: usize,
         after: Option<outbox_core::ClaimCursor>,
     ) -> Result<outbox_core::ClaimedBatch, OutboxError> {
+        let n = self.claims.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.fail_claim.load(Ordering::SeqCst) == n {
+            return Err(OutboxError::database(std::io::Error::other("claim failed")));
+        }
         let batch = self.inner.claim_batch(limit, after).await?;
         if !batch.events.is_empty() {
             let mut payloads = self.payloads.lock().unwrap();
@@ -1262,5 +1292,96 @@ async fn a_relay_killed_beside_a_carried_write_back_resends_at_most_one_batch_si
             "a:0", "a:1", "a:2", "a:0", "a:1", "a:2", "a:3", "a:4", "a:5"
         ],
         "the duplicates are at most one batch size (3), in order"
+    );
+}
+
+/// a:0 in flight on a hanging broker; a:1 and a:2 committed meanwhile; `recorded` set up by
+/// `arrange`; then the broker acknowledges, and the relay claims a:1 and a:2 at once (claim 2)
+/// to send them beside a:0's write-back. Returns when everything is delivered.
+async fn after_a_carry(
+    arrange: impl FnOnce(&Recorded, &MemoryStore),
+) -> (Arc<Recorded>, Arc<MemoryPublisher>) {
+    let store = MemoryStore::new();
+    let publisher = MemoryPublisher::new();
+    let recorded = Recorded::new(store.clone());
+    store.add(event("a", 0));
+    publisher.hang();
+    let worker = EventRelayWorker::new(recorded.clone(), publisher.clone(), fast()).unwrap();
+    worker.start().unwrap();
+    until("a:0 in flight", || {
+        publisher.publishes.load(Ordering::SeqCst) == 1
+    })
+    .await;
+    store.add(event("a", 1));
+    store.add(event("a", 2));
+    arrange(&recorded, &store);
+    publisher.release();
+    until("all delivered", || store.pending() == 0).await;
+    worker.stop().await.unwrap();
+    (recorded, publisher)
+}
+
+#[tokio::test]
+async fn a_carried_write_back_that_fails_is_written_with_the_next_batch() {
+    let (recorded, publisher) = after_a_carry(|_, store| {
+        store.failing_acks.store(1, Ordering::SeqCst);
+    })
+    .await;
+    assert_eq!(payloads(&publisher), ["a:0", "a:1", "a:2"], "no duplicate");
+    let log = recorded.log();
+    assert!(log.contains(&"ack a:0 a:1 a:2".to_owned()), "{log:?}");
+}
+
+#[tokio::test]
+async fn a_claim_that_fails_right_after_a_batch_leaves_the_usual_write_back() {
+    let (recorded, publisher) = after_a_carry(|recorded, _| {
+        recorded.fail_claim.store(2, Ordering::SeqCst);
+    })
+    .await;
+    assert_eq!(payloads(&publisher), ["a:0", "a:1", "a:2"]);
+    let log = recorded.log();
+    assert_eq!(
+        log[..3],
+        ["claim 10: a:0", "ack a:0", "claim 10: a:1 a:2"],
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_failed_leadership_check_after_a_carry_writes_it_back_before_claiming_again() {
+    let (recorded, publisher) = after_a_carry(|recorded, _| {
+        recorded.fail_lead_after.store(2, Ordering::SeqCst);
+    })
+    .await;
+    assert_eq!(payloads(&publisher), ["a:0", "a:1", "a:2"], "no duplicate");
+    let log = recorded.log();
+    assert_eq!(
+        log[..4],
+        [
+            "claim 10: a:0",
+            "claim 9: a:1 a:2",
+            "ack a:0",
+            "claim 10: a:1 a:2"
+        ],
+        "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_leadership_lost_after_a_carry_leaves_the_unacknowledged_batch_to_the_next_leader() {
+    let (recorded, publisher) = after_a_carry(|recorded, _| {
+        recorded.lose_lead_after.store(2, Ordering::SeqCst);
+    })
+    .await;
+    assert_eq!(
+        payloads(&publisher),
+        ["a:0", "a:0", "a:1", "a:2"],
+        "a:0 was sent but never acknowledged: the next leader sends it again"
+    );
+    let log = recorded.log();
+    assert_eq!(
+        log[..3],
+        ["claim 10: a:0", "claim 9: a:1 a:2", "claim 10: a:0 a:1 a:2"],
+        "{log:?}"
     );
 }

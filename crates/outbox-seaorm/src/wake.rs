@@ -161,17 +161,15 @@ impl WakeSender {
     /// fails is dropped and the notification sent once more on a new one (the server may have
     /// restarted since the last).
     async fn notify(&self, conn: &mut Option<PgConnection>) -> Result<(), sqlx::Error> {
-        if let Some(open) = conn.as_mut() {
-            match sqlx::query(WAKE_SQL).execute(&mut *open).await {
-                Ok(_) => return Ok(()),
-                Err(_) => *conn = None,
-            }
+        if let Some(open) = conn.as_mut()
+            && sqlx::query(WAKE_SQL).execute(&mut *open).await.is_ok()
+        {
+            return Ok(());
         }
-        let open = conn.insert(self.connect().await?);
-        if let Err(error) = sqlx::query(WAKE_SQL).execute(&mut *open).await {
-            *conn = None;
-            return Err(error);
-        }
+        *conn = None;
+        let mut open = self.connect().await?;
+        sqlx::query(WAKE_SQL).execute(&mut open).await?;
+        *conn = Some(open);
         Ok(())
     }
 

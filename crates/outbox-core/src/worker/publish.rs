@@ -28,7 +28,7 @@ pub(super) struct Outcome {
 }
 
 impl Outcome {
-    fn is_empty(&self) -> bool {
+    pub(super) fn is_empty(&self) -> bool {
         self.published.is_empty() && self.failures.is_empty()
     }
 

@@ -40,8 +40,8 @@ pub(super) async fn run(
             relay.send(claimed).await;
         }
     }
-    let unwritten = merge(relay.unwritten.take(), relay.carried.take());
-    shutdown(&shared, unwritten).await
+    let owed = relay.take_owed();
+    shutdown(&shared, owed).await
 }
 
 /// Writes back the results of a batch carried into this one's send. `Some` with them when that
@@ -55,17 +55,6 @@ async fn write_back_carried(shared: &Shared, carried: Option<Outcome>) -> Option
             warn_carried(&error, carried.published.len());
             Some(carried)
         }
-    }
-}
-
-/// Two outcomes still to write back, as one.
-fn merge(first: Option<Outcome>, second: Option<Outcome>) -> Option<Outcome> {
-    match (first, second) {
-        (Some(mut first), Some(second)) => {
-            first.absorb(second);
-            Some(first)
-        }
-        (first, second) => first.or(second),
     }
 }
 
@@ -107,6 +96,15 @@ impl<'a> Relay<'a> {
         *self.stop.borrow()
     }
 
+    /// Every result not written back yet, the carried batch's included, as one.
+    fn take_owed(&mut self) -> Option<Outcome> {
+        let mut owed = self.unwritten.take().unwrap_or_default();
+        if let Some(carried) = self.carried.take() {
+            owed.absorb(carried);
+        }
+        Some(owed).filter(|o| !o.is_empty())
+    }
+
     /// Makes sure this relay leads. `false` when it does not (it has waited before returning).
     async fn lead(&mut self) -> bool {
         match self.shared.store.acquire_leadership().await {
@@ -116,7 +114,7 @@ impl<'a> Relay<'a> {
             }
             Ok(false) => {
                 self.shared.set_leader(false);
-                if let Some(lost) = merge(self.unwritten.take(), self.carried.take()) {
+                if let Some(lost) = self.take_owed() {
                     warn_unacknowledged(lost.published.len());
                     self.shared.unacknowledged.store(0, Ordering::SeqCst);
                 }
@@ -129,7 +127,7 @@ impl<'a> Relay<'a> {
                 self.shared.set_leader(false);
                 // The batch claimed to go with a carried write-back is forgotten: the write-back
                 // is owed before anything is claimed again.
-                self.unwritten = merge(self.unwritten.take(), self.carried.take());
+                self.unwritten = self.take_owed();
                 self.window.reset();
                 self.store_failed(e, "acquire leadership").await;
                 false
@@ -224,17 +222,17 @@ impl<'a> Relay<'a> {
             outcome.absorb_before(unwritten);
             carry_failed = true;
         }
-        if !carry_failed && self.can_carry(&claimed, &outcome) {
-            match self.claim_after(&claimed, &outcome).await {
-                Some(next) if !next.events.is_empty() => {
-                    self.carry(claimed, outcome, next, started);
-                    return;
-                }
+        if !carry_failed
+            && self.can_carry(&claimed, &outcome)
+            && let Some(after) = self.claim_after(&claimed, &outcome).await
+        {
+            if after.events.is_empty() {
                 // Nothing new: write back now, then wait (the empty claim parks what it read).
-                Some(next) => return self.settle(claimed, outcome, Some(next), started).await,
-                None => {}
+                return self.settle(claimed, outcome, Some(after), started).await;
             }
+            return self.carry(claimed, outcome, after, started);
         }
+        // When the claim after it failed, the next loop claims again and meets the error.
         self.settle(claimed, outcome, next, started).await;
     }
 
@@ -253,13 +251,10 @@ impl<'a> Relay<'a> {
 
     /// Claims what committed while `claimed` was sent, before its write-back: at most as many
     /// events as keep the published-but-unwritten ones within `batch_size`. `None` when the
-    /// claim failed (the next loop claims again and meets the error).
+    /// claim failed.
     async fn claim_after(&self, claimed: &ClaimedBatch, outcome: &Outcome) -> Option<ClaimedBatch> {
-        let settings = &self.shared.settings;
-        let limit = settings.batch_size.saturating_sub(outcome.published.len());
-        if limit == 0 {
-            return None;
-        }
+        // Never 0: a batch that was not full held fewer events than `batch_size`.
+        let limit = (self.shared.settings.batch_size).saturating_sub(outcome.published.len());
         let after = self.window.after(claimed);
         self.shared.store.claim_batch(limit, after).await.ok()
     }
