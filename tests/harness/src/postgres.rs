@@ -71,32 +71,53 @@ impl Drop for TestDatabase {
         let server_url = self.server_url.clone();
         let name = self.name.clone();
         // Drop may run inside a Tokio runtime, which must not be blocked on: do the async work on
-        // a thread of its own and wait for it.
-        let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .ok()?;
-            runtime.block_on(async {
-                let admin = Database::connect(small_options(&server_url, 1))
-                    .await
+        // a thread of its own and wait for it, a while. `DROP DATABASE` waits until every
+        // backend of the server has accepted its barrier, and a backend still authenticating a
+        // connection does not, until its client answers: when that client is a task of the very
+        // runtime this drop blocks (a pool or listener of the test reconnecting), only the
+        // server's `authentication_timeout` (60 s) would end the wait. So after a few seconds the
+        // drop returns and lets the test's runtime go on or shut down (which ends that
+        // connection); the database is dropped in the background meanwhile, or by the next test
+        // binary's sweep of stale databases if this process exits first.
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let dropped = (|| {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
                     .ok()?;
-                let result = admin
-                    .execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                    .await;
-                admin.close().await.ok();
-                result.ok()
-            })
-        })
-        .join();
-        if !matches!(dropped, Ok(Some(_))) {
-            eprintln!(
+                runtime.block_on(async {
+                    let admin = Database::connect(small_options(&server_url, 1))
+                        .await
+                        .ok()?;
+                    let result = admin
+                        .execute_unprepared(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .await;
+                    admin.close().await.ok();
+                    result.ok()
+                })
+            })();
+            let _ = done.send(dropped.is_some());
+        });
+        match finished.recv_timeout(DROP_WAIT) {
+            Ok(true) => {}
+            Ok(false) => eprintln!(
                 "outbox-test-harness: could not drop test database {}",
                 self.name
-            );
+            ),
+            Err(_) => eprintln!(
+                "outbox-test-harness: test database {} is still being dropped after {:?} (a \
+                 connection of this test is mid-handshake); it goes on in the background",
+                self.name, DROP_WAIT
+            ),
         }
     }
 }
+
+/// How long dropping a [`TestDatabase`] blocks before it goes on in the background.
+const DROP_WAIT: Duration = Duration::from_secs(5);
 
 fn small_options(url: &str, max_connections: u32) -> ConnectOptions {
     let mut options = ConnectOptions::new(url.to_owned());
