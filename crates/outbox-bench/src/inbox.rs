@@ -20,6 +20,7 @@ use rdkafka::producer::{FutureProducer, FutureRecord};
 use serde_json::{Value, json};
 
 use crate::env::Env;
+use crate::stats::median;
 use crate::{Context, Result, Sizes};
 
 /// What the inbox phase measured.
@@ -243,14 +244,4 @@ async fn through_inbox(outbox: &Outbox, bootstrap: &str, topic: &str, events: u6
     let (started, at_start) = first.unwrap_or((finished, 0));
     let took = finished.duration_since(started);
     Ok((events - at_start) as f64 / took.as_secs_f64().max(1e-9))
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::env::{Env, Shape, load_average};
 use crate::latency::{LatencyRun, Writer, run_one, write_paced, writers_for};
 use crate::relay::{Probe, TimedPublisher, TimedStore, kafka_publisher, warm_up};
-use crate::stats::{Summary, round3};
+use crate::stats::{Summary, median, round3};
 use crate::write::{CLIENTS, VARIANTS, Variant, VariantResult, block_notifying};
 use crate::{BoxError, Context, Result, Sizes};
 
@@ -370,17 +370,6 @@ async fn run_remote(env: &Env, sizes: &Sizes, offered: f64, notify: bool) -> Res
         run.breakdown.ack.p50,
     );
     Ok(run)
-}
-
-/// The median of `values` (0 when empty).
-fn median(values: &[f64]) -> f64 {
-    let mut sorted = values.to_vec();
-    sorted.sort_by(f64::total_cmp);
-    match sorted.len() {
-        0 => 0.0,
-        n if n % 2 == 1 => sorted[n / 2],
-        n => (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0,
-    }
 }
 
 /// B, S and L without and with the wake-up at 1 and 8 clients.
