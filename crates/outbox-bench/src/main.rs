@@ -22,7 +22,8 @@
 //!    `notify()` after each commit costs B, S and L at 1 and 8 clients;
 //! 4. **scaling**: drain rate by backlog size, and peak memory;
 //! 5. **inbox**: events/s consumed through the inbox with a trivial handler, beside a raw
-//!    rdkafka consumer reading the same topic.
+//!    rdkafka consumer reading the same topic;
+//! 6. **parked**: one claim's time while many rows are parked, beside the same claim with none.
 //!
 //! Each run creates its own database and topics and drops them at the end. Results go to
 //! `benchmarks.json` and `benchmarks.md` in the output folder (`docs/` by default).
@@ -30,6 +31,7 @@
 mod env;
 mod inbox;
 mod latency;
+mod parked;
 mod relay;
 mod remote;
 mod report;
@@ -71,10 +73,11 @@ pub(crate) enum Phase {
     Remote,
     Scaling,
     Inbox,
+    Parked,
 }
 
 impl Phase {
-    const ALL: [Phase; 8] = [
+    const ALL: [Phase; 9] = [
         Phase::Write,
         Phase::Sweep,
         Phase::Upload,
@@ -83,6 +86,7 @@ impl Phase {
         Phase::Remote,
         Phase::Scaling,
         Phase::Inbox,
+        Phase::Parked,
     ];
 
     fn parse(name: &str) -> Result<Self> {
@@ -95,9 +99,10 @@ impl Phase {
             "remote" => Ok(Self::Remote),
             "scaling" => Ok(Self::Scaling),
             "inbox" => Ok(Self::Inbox),
+            "parked" => Ok(Self::Parked),
             other => Err(format!(
                 "unknown phase `{other}` (write, sweep, upload, relay, latency, remote, scaling, \
-                 inbox)"
+                 inbox, parked)"
             )
             .into()),
         }
@@ -154,6 +159,9 @@ pub(crate) struct Sizes {
     /// Messages the inbox phase consumes, and its rounds (raw consumer, then inbox).
     pub(crate) inbox_events: u64,
     pub(crate) inbox_rounds: usize,
+    /// Parked rows beside which the parked phase claims: none first (the baseline), and the
+    /// largest ten times the one before it.
+    pub(crate) parked: Vec<u64>,
     /// Distinct Kafka keys.
     pub(crate) keys: usize,
     pub(crate) partitions: i32,
@@ -191,6 +199,7 @@ impl Sizes {
                 latency_writers: 4,
                 inbox_events: 2_000,
                 inbox_rounds: 1,
+                parked: vec![0, 100, 1_000],
                 keys: 1_000,
                 partitions: 6,
             };
@@ -228,6 +237,11 @@ impl Sizes {
             latency_writers: 16,
             inbox_events: 50_000,
             inbox_rounds: 3,
+            parked: if large {
+                vec![0, 100_000, 1_000_000]
+            } else {
+                vec![0, 10_000, 100_000]
+            },
             keys: 1_000,
             partitions: 6,
         }
@@ -248,7 +262,7 @@ struct Args {
 
 const USAGE: &str = "\
 usage: outbox-bench [--smoke] [--large] [--nagle] [--backlog N] [--batch-sizes 500,1000] \
-[--latency-secs S] [--only write,sweep,upload,relay,latency,remote,scaling,inbox] [--out DIR]
+[--latency-secs S] [--only write,sweep,upload,relay,latency,remote,scaling,inbox,parked] [--out DIR]
 
   --smoke         tiny sizes (well under a minute); writes to a temporary folder unless --out
   --large         1,000,000-event backlogs (throughput and scaling)
@@ -371,6 +385,7 @@ async fn main() -> Result<()> {
             }
             Phase::Remote => results.remote = Some(remote::run(&env, &args.sizes).await?),
             Phase::Inbox => results.inbox = Some(inbox::run(&env, &args.sizes).await?),
+            Phase::Parked => results.parked = Some(parked::run(&env, &args.sizes).await?),
             Phase::Scaling => {
                 let budget_start = started.checked_add(outside_budget).unwrap_or(started);
                 results.scaling = Some(relay::scaling(&env, &args.sizes, budget_start).await?)

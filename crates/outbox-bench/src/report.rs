@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 use crate::env::{Machine, PAYLOAD_BYTES, RAW_BYTES};
 use crate::inbox::InboxResults;
 use crate::latency::LatencyRun;
+use crate::parked::ParkedResults;
 use crate::relay::{Drain, Explain, LargeDrain, RelayResults, Scaling};
 use crate::remote::{RemoteResults, Writers};
 use crate::sweep::{GUARD_RATIO, Sweep};
@@ -29,6 +30,7 @@ pub(crate) struct Results {
     pub(crate) remote: Option<RemoteResults>,
     pub(crate) scaling: Option<Scaling>,
     pub(crate) inbox: Option<InboxResults>,
+    pub(crate) parked: Option<ParkedResults>,
 }
 
 /// How the run was made.
@@ -212,6 +214,15 @@ fn targets(results: &Results) -> Vec<Target> {
         }),
         met: inbox.map(|i| i.inbox_median() >= 10_000.0),
     });
+    let growth = results.parked.as_ref().and_then(ParkedResults::growth);
+    targets.push(Target {
+        name: "claim beside parked rows grows with them, not their square",
+        goal: "p50 with 10x the parked rows <= 20x (in proportion: about 10x)",
+        measured: growth.map_or("-".into(), |(ratio, tenth, most)| {
+            format!("{ratio:.1}x from {tenth} to {most} parked rows")
+        }),
+        met: growth.map(|(ratio, _, _)| ratio <= 20.0),
+    });
     targets
 }
 
@@ -229,6 +240,7 @@ fn sizes_json(sizes: &Sizes) -> Value {
         "latency_writers": sizes.latency_writers,
         "inbox_events": sizes.inbox_events,
         "inbox_rounds": sizes.inbox_rounds,
+        "parked_rows": sizes.parked,
         "keys": sizes.keys,
         "partitions": sizes.partitions,
         "payload_bytes": PAYLOAD_BYTES,
@@ -269,6 +281,7 @@ fn to_json(machine: &Machine, run: &Run, results: &Results) -> Value {
         "remote_writers": results.remote.as_ref().map(RemoteResults::to_json),
         "scaling": results.scaling.as_ref().map(Scaling::to_json),
         "inbox": results.inbox.as_ref().map(InboxResults::to_json),
+        "claims_beside_parked_rows": results.parked.as_ref().map(ParkedResults::to_json),
         "targets": targets(results).iter().map(|t| json!({
             "name": t.name,
             "goal": t.goal,
@@ -781,6 +794,9 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
             inbox.inbox_median() / inbox.raw_median()
         );
     }
+    if let Some(parked) = &results.parked {
+        parked_section(&mut out, parked);
+    }
     let _ = writeln!(
         out,
         "\n## Reproduce\n\n`bash scripts/bench.sh` (or `just bench`) builds in release and runs all \
@@ -789,6 +805,36 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
          this file."
     );
     out
+}
+
+/// Section 6: the claim's times by parked rows.
+fn parked_section(out: &mut String, parked: &ParkedResults) {
+    let _ = writeln!(out, "\n## 6. Claims beside parked rows\n");
+    let _ = writeln!(
+        out,
+        "One claim of {} new events through the repository while rows are parked (the first \
+         row of each of 1,000 keys not due yet, the rest due behind it, as a topic refusing \
+         every event leaves them), with 10,000 new rows of other keys; the first line, nothing \
+         parked, is the baseline. Each claim returns the same new events and changes nothing.\n",
+        outbox_core::RelaySettings::default().batch_size
+    );
+    let _ = writeln!(
+        out,
+        "| parked rows | claim p50 (ms) | claim p99 (ms) | p50 / baseline | events returned |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    let baseline = parked.runs.first().map(|r| r.claim.p50);
+    for run in &parked.runs {
+        let _ = writeln!(
+            out,
+            "| {} | {:.2} | {:.2} | {} | {} |",
+            run.parked,
+            run.claim.p50,
+            run.claim.p99,
+            baseline.map_or("-".into(), |b| format!("{:.1}", run.claim.p50 / b)),
+            run.returned
+        );
+    }
 }
 
 /// Writes `benchmarks.json` and `benchmarks.md` into `dir`.
