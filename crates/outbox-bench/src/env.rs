@@ -632,6 +632,49 @@ pub(crate) fn load_average() -> String {
         .unwrap_or_default()
 }
 
+/// The share of wall time in which at least one task on this machine waited for a CPU, over a
+/// span: the kernel's pressure stall information (`/proc/pressure/cpu`, its `some` line). On two
+/// shared cores a latency tail often follows this share rather than the code under test, so the
+/// latency runs report it beside their percentiles.
+pub(crate) struct CpuPressure {
+    stalled_micros: Option<u64>,
+    started: Instant,
+}
+
+impl CpuPressure {
+    /// Starts the span now.
+    pub(crate) fn start() -> Self {
+        Self {
+            stalled_micros: cpu_stalled_micros(),
+            started: Instant::now(),
+        }
+    }
+
+    /// The share (0 to 1) of the span until now, or `None` where the kernel reports no pressure.
+    pub(crate) fn share(&self) -> Option<f64> {
+        let stalled = cpu_stalled_micros()?.checked_sub(self.stalled_micros?)?;
+        let elapsed = self.started.elapsed().as_micros().max(1) as f64;
+        Some((stalled as f64 / elapsed).min(1.0))
+    }
+}
+
+/// Microseconds in which some task waited for a CPU since boot (`some ... total=`).
+fn cpu_stalled_micros() -> Option<u64> {
+    std::fs::read_to_string("/proc/pressure/cpu")
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("total="))?
+        .parse()
+        .ok()
+}
+
+/// A share as a percentage for the report, or `-` where unknown.
+pub(crate) fn percent(share: Option<f64>) -> String {
+    share.map_or_else(|| "-".into(), |s| format!("{:.0}%", s * 100.0))
+}
+
 /// A `Name: value kB` field of a /proc file.
 fn proc_field(path: &str, name: &str) -> Option<u64> {
     std::fs::read_to_string(path)

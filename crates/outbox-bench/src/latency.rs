@@ -18,7 +18,9 @@ use sea_orm::{ConnectionTrait, DatabaseConnection, DbBackend, Statement, Transac
 use serde_json::{Value, json};
 use tokio::time::MissedTickBehavior;
 
-use crate::env::{Env, INSERT_UPLOAD, RAW_BYTES, Shape, Upload, load_average};
+use crate::env::{
+    CpuPressure, Env, INSERT_UPLOAD, RAW_BYTES, Shape, Upload, load_average, percent,
+};
 use crate::relay::{Breakdown, Probe, TimedPublisher, TimedStore, kafka_publisher, warm_up};
 use crate::stats::{Summary, round3};
 use crate::{BoxError, Context, Result, Sizes};
@@ -41,6 +43,8 @@ pub(crate) struct LatencyRun {
     /// send and Kafka's acknowledgement.
     pub(crate) to_claim: Summary,
     pub(crate) writer_txn: Summary,
+    /// The share of the writing span in which some task on the machine waited for a CPU.
+    pub(crate) cpu_pressure: Option<f64>,
     /// `linger.ms` when overridden.
     pub(crate) linger_ms: Option<u32>,
     /// The relay's batches during the run.
@@ -62,6 +66,7 @@ impl LatencyRun {
             "commit_to_ack": self.latency.to_json(),
             "commit_to_claim": self.to_claim.to_json(),
             "writer_transaction": self.writer_txn.to_json(),
+            "cpu_pressure_some": self.cpu_pressure.map(round3),
             "linger_ms_override": self.linger_ms,
             "relay_batches": self.breakdown.to_json(),
             "mean_events_per_batch": round3(self.mean_batch),
@@ -173,6 +178,7 @@ pub(crate) async fn run_one(
     let period = Duration::from_secs_f64(writers as f64 / offered);
     let start = Instant::now() + Duration::from_millis(50);
     let until = start + Duration::from_secs_f64(sizes.latency_secs);
+    let pressure = CpuPressure::start();
     let tasks: Vec<_> = (0..writers)
         .map(|i| {
             // Writers start spread over one period, so the load is smooth rather than in bursts.
@@ -189,6 +195,7 @@ pub(crate) async fn run_one(
         txns.extend(t);
     }
     let seconds = (Instant::now() - start).as_secs_f64();
+    let cpu_pressure = pressure.share();
 
     let mut acks: HashMap<EventId, Instant> = HashMap::with_capacity(commits.len());
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -236,11 +243,12 @@ pub(crate) async fn run_one(
         latency: Summary::of(&mut latencies),
         to_claim: Summary::of(&mut to_claim),
         writer_txn: Summary::of(&mut txns),
+        cpu_pressure,
     };
     println!(
         "  {offered_label} ({:.0}/s offered, {:.0}/s achieved), {}{}: commit->ack p50 {:.2} ms  p99 \
          {:.2} ms  p99.9 {:.2} ms  max {:.2} ms  ({} events, {} missing); commit->claim p50 {:.2} \
-         ms  p99 {:.2} ms; writer txn p50 {:.2} ms  p99 {:.2} ms; {} batches of {:.1} on average, claim p50 \
+         ms  p99 {:.2} ms; writer txn p50 {:.2} ms  p99 {:.2} ms; CPU pressure {}; {} batches of {:.1} on average, claim p50 \
          {:.2} ms, publish p50 {:.2} ms, ack p50 {:.2} ms",
         offered,
         run.achieved,
@@ -258,6 +266,7 @@ pub(crate) async fn run_one(
         run.to_claim.p99,
         run.writer_txn.p50,
         run.writer_txn.p99,
+        percent(run.cpu_pressure),
         run.breakdown.batches,
         run.mean_batch,
         run.breakdown.claim.p50,

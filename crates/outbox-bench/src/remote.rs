@@ -23,7 +23,7 @@ use outbox_core::{EventId, EventRelayWorker, RelaySettings};
 use outbox_seaorm::PostgresOutbox;
 use serde_json::{Value, json};
 
-use crate::env::{Env, Shape, load_average};
+use crate::env::{CpuPressure, Env, Shape, load_average, percent};
 use crate::latency::{LatencyRun, Writer, run_one, write_paced, writers_for};
 use crate::relay::{Probe, TimedPublisher, TimedStore, kafka_publisher, warm_up};
 use crate::stats::{Summary, median, round3};
@@ -257,6 +257,7 @@ async fn run_remote(env: &Env, sizes: &Sizes, offered: f64, notify: bool) -> Res
         if notify { "1" } else { "0" }.into(),
         env.keys.to_string(),
     ];
+    let pressure = CpuPressure::start();
     let output = tokio::task::spawn_blocking(move || {
         std::process::Command::new(exe)
             .args(args)
@@ -270,6 +271,7 @@ async fn run_remote(env: &Env, sizes: &Sizes, offered: f64, notify: bool) -> Res
         worker.stop().await.context("stopping the relay")?;
         return Err(format!("the writer process failed: {}", output.status).into());
     }
+    let cpu_pressure = pressure.share();
     let stdout = String::from_utf8(output.stdout).context("writer output")?;
     let mut commits: Vec<(EventId, i128)> = Vec::new();
     let mut txns = Vec::new();
@@ -342,11 +344,12 @@ async fn run_remote(env: &Env, sizes: &Sizes, offered: f64, notify: bool) -> Res
         latency: Summary::of(&mut latencies),
         to_claim: Summary::of(&mut to_claim),
         writer_txn: Summary::of(&mut txns),
+        cpu_pressure,
     };
     println!(
         "  {offered}/s, other process, {}: commit->ack p50 {:.2} ms  p99 {:.2} ms  max {:.2} ms  \
          ({} events, {} missing, {} acked before the commit returned); commit->claim p50 {:.2} ms  \
-         p99 {:.2} ms; writer txn p50 {:.2} ms  p99 {:.2} ms; {} batches of {:.1} on average, claim p50 {:.2} \
+         p99 {:.2} ms; writer txn p50 {:.2} ms  p99 {:.2} ms; CPU pressure {}; {} batches of {:.1} on average, claim p50 {:.2} \
          ms, publish p50 {:.2} ms, ack p50 {:.2} ms",
         if notify {
             "wake_notifier()"
@@ -363,6 +366,7 @@ async fn run_remote(env: &Env, sizes: &Sizes, offered: f64, notify: bool) -> Res
         run.to_claim.p99,
         run.writer_txn.p50,
         run.writer_txn.p99,
+        percent(run.cpu_pressure),
         run.breakdown.batches,
         run.mean_batch,
         run.breakdown.claim.p50,
@@ -389,7 +393,11 @@ async fn wake_cost(env: &Env, sizes: &Sizes) -> Result<Vec<CostRow>> {
         .iter()
         .flat_map(|&v| [(v, false), (v, true)])
         .collect();
-    let rounds = (sizes.write_rounds / 2).max(2);
+    // A block at 8 clients lasts about 0.1 s. Over 15 rounds the paired median at 8 clients
+    // came out at -0.03 (B), +0.03 (S) and +0.12 ms (L) in one run, although the three send the
+    // same notifications: a spread as wide as the bound (0.1 ms). Three times the rounds narrow
+    // the median's spread by about the square root of three.
+    let rounds = (sizes.write_rounds * 3 / 2).max(2);
     let mut rows = Vec::new();
     for (index, &clients) in CLIENTS.iter().enumerate() {
         env.truncate().await?;

@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{Value, json};
 
-use crate::env::{Machine, PAYLOAD_BYTES, RAW_BYTES};
+use crate::env::{Machine, PAYLOAD_BYTES, RAW_BYTES, percent};
 use crate::inbox::InboxResults;
 use crate::latency::LatencyRun;
 use crate::parked::ParkedResults;
@@ -648,7 +648,10 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
              event (every ack of its batch was in). Latency = ack − commit per event, for events \
              committed after the first {} s of each {} s run. Relay settings are the defaults \
              (batch {}, poll 10 ms → 500 ms); **wake-up** calls `notifier().notify()` after each \
-             commit, **polling** does not.\n",
+             commit, **polling** does not. **CPU pressure**: the share of the writing span in \
+             which at least one task on the machine waited for a CPU (`/proc/pressure/cpu`, \
+             `some`), here and in section 3b; on two shared cores the writers' and the relay's \
+             tails rise with it.\n",
             s.latency_writers,
             s.latency_warmup_secs,
             s.latency_secs,
@@ -656,7 +659,7 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
         );
         let _ = writeln!(
             out,
-            "| offered | mode | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | events | missing | writer tx p50 ms | relay batches | events per batch | claim / publish / ack p50 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+            "| offered | mode | offered/s | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | events | missing | writer tx p50 ms | CPU pressure | relay batches | events per batch | claim / publish / ack p50 ms |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
         );
         for l in &results.latency {
             let mode = format!(
@@ -669,7 +672,7 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
             let b = &l.breakdown;
             let _ = writeln!(
                 out,
-                "| {} | {mode} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {:.1} | {:.2} / {:.2} / {:.2} |",
+                "| {} | {mode} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {} | {} | {:.2} | {} | {} | {:.1} | {:.2} / {:.2} / {:.2} |",
                 l.offered_label,
                 l.offered,
                 l.achieved,
@@ -680,6 +683,7 @@ fn to_markdown(machine: &Machine, run: &Run, results: &Results) -> String {
                 l.measured,
                 l.missing,
                 l.writer_txn.p50,
+                percent(l.cpu_pressure),
                 b.batches,
                 l.mean_batch,
                 b.claim.p50,
@@ -978,11 +982,12 @@ fn remote_targets(remote: Option<&RemoteResults>, targets: &mut Vec<Target>) {
             goal: "p50 <= 5 ms, p99 <= 25 ms",
             measured: run.map_or("-".into(), |l| {
                 format!(
-                    "p50 {:.2} ms, p99 {:.2} ms ({} events; same process p50 {}, polling only \
-                     p50 {})",
+                    "p50 {:.2} ms, p99 {:.2} ms ({} events, CPU pressure {}; same process p50 \
+                     {}, polling only p50 {})",
                     l.latency.p50,
                     l.latency.p99,
                     l.measured,
+                    percent(l.cpu_pressure),
                     same.map_or("-".into(), |s| format!("{:.2} ms", s.latency.p50)),
                     polling.map_or("-".into(), |p| format!("{:.2} ms", p.latency.p50)),
                 )
@@ -1041,13 +1046,13 @@ fn remote_markdown(out: &mut String, s: &Sizes, remote: &RemoteResults) {
     );
     let _ = writeln!(
         out,
-        "| offered/s | writers | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | to claim p50 / p99 ms | events | missing | writer tx p50 / p99 ms | relay batches | events per batch |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        "| offered/s | writers | achieved/s | p50 ms | p99 ms | p99.9 ms | max ms | to claim p50 / p99 ms | events | missing | writer tx p50 / p99 ms | CPU pressure | relay batches | events per batch |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
     );
     for r in &remote.runs {
         let l = &r.run;
         let _ = writeln!(
             out,
-            "| {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {} | {:.2} / {:.2} | {} | {:.1} |",
+            "| {:.0} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} / {:.2} | {} | {} | {:.2} / {:.2} | {} | {} | {:.1} |",
             l.offered,
             r.writers.label(),
             l.achieved,
@@ -1061,6 +1066,7 @@ fn remote_markdown(out: &mut String, s: &Sizes, remote: &RemoteResults) {
             l.missing,
             l.writer_txn.p50,
             l.writer_txn.p99,
+            percent(l.cpu_pressure),
             l.breakdown.batches,
             l.mean_batch,
         );
